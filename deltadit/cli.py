@@ -1,0 +1,107 @@
+"""`deltadit` command line: subcommands over the plan, the cost model and (later) bundles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from deltadit.errors import DeltaDiTError
+from deltadit.plan import VARIANTS
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """Plan flags shared with deltadit-export; each overrides the preset's value when given."""
+    p.add_argument("--model", default="pixart", help="preset name (pixart, pixart-1024, dit-xl, pixart-lcm) or a .toml path")
+    p.add_argument("--steps", type=int, help="denoising steps T")
+    p.add_argument("--b", type=int, help="boundary b: cached steps with t <= b reuse the deep blocks (t counts from 1)")
+    p.add_argument("--nc", type=int, help="cached blocks N_c")
+    p.add_argument("--interval", type=int, help="cache interval N (a full step every N steps)")
+    p.add_argument("--variant", choices=VARIANTS, help="delta-dit (paper), opposite, shallow, middle, deep, none")
+    p.add_argument("--budget", type=float, help="choose N and N_c for this fraction of the uncached MACs (paper Eq. 6-7)")
+
+
+def plan_from_args(args):
+    """(preset, plan) from parsed plan flags."""
+    from deltadit.plan import build_plan, plan_from_budget
+    from deltadit.presets import load_preset
+
+    preset = load_preset(args.model).with_overrides(
+        steps=args.steps, b=args.b, nc=args.nc, interval=args.interval, variant=args.variant
+    )
+    n_blocks = preset.transformer["num_layers"]
+    if args.budget is not None:
+        if args.nc is not None or args.interval is not None:
+            raise DeltaDiTError("--budget | chooses N and N_c itself. Expected: --budget without --nc / --interval.")
+        plan = plan_from_budget(preset.steps, n_blocks, args.budget, preset.b, preset.variant)
+    else:
+        plan = build_plan(preset.steps, n_blocks, preset.nc, preset.b, preset.interval, preset.variant)
+    return preset, plan
+
+
+def format_plan(preset, plan, costs) -> str:
+    from deltadit.costs import format_macs, path_name
+
+    lines = [
+        f"{preset.description} ({preset.name}): {plan.num_blocks} blocks, {plan.num_steps} steps, "
+        f"variant {plan.variant}, N = {plan.interval}, N_c = {plan.n_c}, b = {plan.b}",
+        "",
+        " step  path                 blocks run  records Δ over",
+    ]
+    for s in plan:
+        rec = " ".join(f"[{a},{z})" for a, z in s.record) or "-"
+        lines.append(f" {s.t:>4}  {path_name(s):<20} {plan.blocks_run(s):>10}  {rec}")
+    lines += ["", "block groups (cut points " + ", ".join(map(str, plan.cut_points)) + "):"]
+    lines += [f"  {g.name}: blocks [{g.start},{g.stop})" for g in plan.groups]
+    lines += [
+        "",
+        f"MACs (linear layers in the blocks, CFG batch {costs.cfg_batch}; one block = {format_macs(costs.block_macs)} per sample):",
+        f"  baseline        {format_macs(costs.baseline_macs):>10}",
+        f"  plan            {format_macs(costs.plan_macs):>10}",
+        f"  ratio           {costs.ratio:>10.4f}",
+        f"  speed-up bound  {costs.speedup_bound:>9.3f}x",
+    ]
+    for name, macs in costs.path_macs.items():
+        lines.append(f"  per step, {name:<20} {format_macs(macs):>10}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args) -> int:
+    from deltadit.costs import plan_costs
+    from deltadit.models.spec import get_spec
+
+    preset, plan = plan_from_args(args)
+    spec = get_spec(preset.arch)
+    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.resolution), preset.cfg_batch)
+    if args.json:
+        out = {"preset": preset.name, "plan": plan.to_dict(),
+               "groups": [[g.start, g.stop] for g in plan.groups],
+               "macs": {"block": costs.block_macs, "baseline": costs.baseline_macs, "plan": costs.plan_macs,
+                        "ratio": costs.ratio, "speedup_bound": costs.speedup_bound, "paths": costs.path_macs}}
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_plan(preset, plan, costs))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deltadit", description="Δ-DiT plans, costs and bundles.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="print the per-step Δ-DiT plan, its block groups and its MACs")
+    add_plan_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DeltaDiTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Model adapters: split a diffusers DiT into head / block groups / tail modules (shared weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deltadit.errors import DeltaDiTError
+from deltadit.models.spec import ModelSpec, Segment, get_spec, spec_for
+
+
+@dataclass
+class Split:
+    """A transformer cut into segments. ``modules[seg.name]`` runs ``seg`` with positional inputs in
+    ``seg.inputs`` order and returns its outputs in ``seg.outputs`` order (a tensor when there is one)."""
+
+    spec: ModelSpec
+    config: dict
+    segments: tuple[Segment, ...]
+    modules: dict
+    grid: tuple[int, int]
+
+
+def split(transformer, groups, grid: tuple[int, int] | None = None) -> Split:
+    """Cut ``transformer`` at the plan's groups (``plan.groups``). grid: the (h, w) token grid the tail
+    unpatchifies to; by default the config's square ``sample_size / patch_size``."""
+    spec = spec_for(transformer)
+    config = dict(transformer.config)
+    n_blocks = len(transformer.transformer_blocks)
+    covered = [(g.start, g.stop) for g in groups]
+    expected_starts = [0] + [stop for _, stop in covered[:-1]]
+    if [a for a, _ in covered] != expected_starts or not covered or covered[-1][1] != n_blocks:
+        raise DeltaDiTError(
+            f"block groups | {covered} do not tile the model's {n_blocks} blocks. "
+            "Expected: contiguous ranges from 0 to the block count (use plan.groups of a plan built for this model)."
+        )
+    if grid is None:
+        side = config["sample_size"] // config["patch_size"]
+        grid = (side, side)
+    segments = spec.segments(config, groups)
+    modules = {"head": spec.make_head(transformer), "tail": spec.make_tail(transformer, grid)}
+    for g in groups:
+        modules[g.name] = spec.make_group(transformer, g.start, g.stop)
+    for m in modules.values():
+        m.eval()
+    return Split(spec, config, segments, modules, grid)
+
+
+__all__ = ["ModelSpec", "Segment", "Split", "get_spec", "spec_for", "split"]

@@ -1,0 +1,112 @@
+"""The per-model spec table: everything that differs between DiT architectures, as data.
+
+A stage that needs to know "which model is this" asks :func:`spec_for` and reads fields; it never
+branches on a model name. Adding an architecture means adding one module with its segment classes and
+one :class:`ModelSpec` entry in :data:`SPECS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from deltadit.errors import DeltaDiTError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One exported / executed piece of the transformer.
+
+    kind: "head", "group" or "tail".  block_range: [start, stop) for a group, None otherwise.
+    inputs / outputs: tensor names in call order (they become the ONNX I/O names).
+    """
+
+    name: str
+    kind: str
+    block_range: tuple[int, int] | None
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one diffusers transformer class is split, costed and driven.
+
+    arch: short name used in presets and manifests.  diffusers_class: the transformer class name.
+    head_inputs(config): the model inputs the head takes, in order (PixArt-1024 adds micro-conditions).
+    context: head outputs that every block group takes after ``hidden_states``.
+    tail_context: head outputs the tail takes after ``hidden_states``.
+    make_head / make_group / make_tail: build segment modules that share the transformer's weights.
+    block_macs(config, text_len): linear-layer MACs of one block for one sample (paper's convention).
+    cond_input: name of the conditioning input ("encoder_hidden_states" or "class_labels").
+    guidance: combines the CFG batch's prediction into the model output the scheduler steps with.
+    cfg_cond_first: the CFG batch is [cond, uncond] (DiT) rather than [uncond, cond] (PixArt).
+    step_on_cfg_batch: the scheduler steps the doubled latents (DiTPipeline) instead of one copy.
+    from_forward_kwargs: diffusers ``forward(**kwargs)`` -> head feeds (for the pipeline drop-in).
+    dynamic_axes: per tensor name, axis -> symbolic name, for ONNX export.
+    """
+
+    arch: str
+    diffusers_class: str
+    head_inputs: Callable[[dict], tuple[str, ...]]
+    context: tuple[str, ...]
+    tail_context: tuple[str, ...]
+    make_head: Callable[[Any], Any]
+    make_group: Callable[[Any, int, int], Any]
+    make_tail: Callable[[Any, tuple[int, int]], Any]
+    block_macs: Callable[[dict, int], int]
+    cond_input: str
+    guidance: Callable[..., Any]
+    cfg_cond_first: bool
+    step_on_cfg_batch: bool
+    from_forward_kwargs: Callable[..., dict]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    def segments(self, config: dict, groups) -> tuple[Segment, ...]:
+        """Head, one segment per block group, tail; with their tensor names."""
+        head_out = ("hidden_states",) + tuple(dict.fromkeys(self.context + self.tail_context))
+        segs = [Segment("head", "head", None, self.head_inputs(config), head_out)]
+        for g in groups:
+            segs.append(Segment(g.name, "group", (g.start, g.stop), ("hidden_states",) + self.context, ("hidden_states",)))
+        segs.append(Segment("tail", "tail", None, ("hidden_states",) + self.tail_context, ("sample",)))
+        return tuple(segs)
+
+
+def tokens(config: dict, resolution: int | None = None, vae_scale: int = 8) -> int:
+    """Image tokens per sample: (latent side / patch)^2. resolution is in pixels (None = config's)."""
+    side = config["sample_size"] if resolution is None else resolution // vae_scale
+    return (side // config["patch_size"]) ** 2
+
+
+def attention_macs(q_tokens: int, kv_tokens: int, q_dim: int, kv_dim: int, inner: int) -> int:
+    """Linear MACs of one attention layer: to_q, to_k, to_v, to_out (score products excluded)."""
+    return q_tokens * q_dim * inner + 2 * kv_tokens * kv_dim * inner + q_tokens * inner * q_dim
+
+
+def feedforward_macs(n_tokens: int, dim: int, activation: str, mult: int = 4) -> int:
+    inner = dim * mult
+    first = 2 * inner if activation in ("geglu", "swiglu") else inner
+    return n_tokens * dim * first + n_tokens * inner * dim
+
+
+def _registry() -> dict[str, ModelSpec]:
+    from deltadit.models import dit, pixart
+
+    return {s.arch: s for s in (pixart.SPEC, dit.SPEC)}
+
+
+def get_spec(arch: str) -> ModelSpec:
+    specs = _registry()
+    if arch not in specs:
+        raise DeltaDiTError(f"model arch | '{arch}' is not supported. Expected: one of {', '.join(specs)}.")
+    return specs[arch]
+
+
+def spec_for(transformer) -> ModelSpec:
+    """The spec of a diffusers transformer instance (matched by class name)."""
+    name = type(transformer).__name__
+    for spec in _registry().values():
+        if spec.diffusers_class == name:
+            return spec
+    supported = ", ".join(s.diffusers_class for s in _registry().values())
+    raise DeltaDiTError(f"transformer | {name} is not supported. Expected: one of {supported}.")

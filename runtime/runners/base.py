@@ -1,0 +1,69 @@
+"""The runner interface: run one named segment on named tensors.
+
+Modelled on Polygraphy's BaseRunner: the base class owns the lifecycle and the input checks; a backend
+writes ``_infer_impl`` (and ``_activate_impl`` / ``_deactivate_impl`` when it holds device resources).
+Nothing touches a device before :meth:`activate`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from deltadit.errors import DeltaDiTError
+from deltadit.models.spec import Segment
+
+
+class Runner(ABC):
+    name = "base"
+
+    def __init__(self, segments: tuple[Segment, ...]):
+        self.segments = {s.name: s for s in segments}
+        self.is_active = False
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self._activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def _activate_impl(self) -> None:
+        pass
+
+    def _deactivate_impl(self) -> None:
+        pass
+
+    # inference -----------------------------------------------------------------------------------
+    def infer(self, segment: str, feeds: dict) -> dict:
+        """Run ``segment`` on ``feeds`` (name -> tensor); return its outputs by name."""
+        if not self.is_active:
+            self.activate()
+        seg = self.segments.get(segment)
+        if seg is None:
+            raise DeltaDiTError(f"segment | '{segment}' is not in this runner. Expected: one of {', '.join(self.segments)}.")
+        missing = [n for n in seg.inputs if n not in feeds]
+        if missing:
+            raise DeltaDiTError(f"segment {segment} | missing input(s) {', '.join(missing)}. Expected: {', '.join(seg.inputs)}.")
+        return self._infer_impl(seg, {n: feeds[n] for n in seg.inputs})
+
+    @abstractmethod
+    def _infer_impl(self, segment: Segment, feeds: dict) -> dict:
+        """Run one segment; ``feeds`` holds exactly ``segment.inputs``."""
+
+    # Δ arithmetic on this backend's tensors (overridden where tensors are not operator-friendly) ---
+    def add(self, a, b):
+        return a + b
+
+    def sub(self, a, b):
+        return a - b

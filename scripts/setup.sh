@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up deltadit in ./.venv on a fresh machine (CPU): PyTorch CPU build, diffusers, ONNX, ONNX Runtime, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# Pin torch first: an unpinned torch pulls the CUDA build (GBs); 2.13.0 resolves to the CPU build here.
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q -e ".[torch,onnx,test]"
+echo "deltadit installed in $(pwd)/.venv"
