@@ -1,8 +1,7 @@
 """deltadit.runtime: run a Δ-DiT plan on a split transformer with any backend.
 
 PyTorch: :class:`DeltaDiTTransformer` (pipeline drop-in) or :func:`pytorch_executor` +
-:func:`denoise` (the standalone loop). Bundles (ONNX Runtime, TensorRT) load with ``load`` once the
-export stage exists.
+:func:`denoise` (the standalone loop). Exported bundles open with :func:`load` (ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -19,6 +18,13 @@ def pytorch_executor(transformer, plan, grid=None, autocast=None) -> DeltaDiTExe
     return DeltaDiTExecutor(plan, s.segments, TorchRunner(s, autocast))
 
 
+def load(bundle, providers=None):
+    """Check and open an exported bundle (see :func:`deltadit.runtime.bundle.load`)."""
+    from deltadit.runtime.bundle import load as _load
+
+    return _load(bundle, providers)
+
+
 def __getattr__(name):
     if name == "DeltaDiTTransformer":
         from deltadit.runtime.dropin import DeltaDiTTransformer
@@ -31,4 +37,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["DeltaDiTExecutor", "DeltaDiTTransformer", "denoise", "make_scheduler", "pytorch_executor"]
+__all__ = ["DeltaDiTExecutor", "load", "DeltaDiTTransformer", "denoise", "make_scheduler", "pytorch_executor"]

@@ -47,6 +47,17 @@ def from_forward_kwargs(hidden_states, timestep=None, class_labels=None, cross_a
     return {"sample": hidden_states, "timestep": timestep, "class_labels": class_labels}
 
 
+def example_inputs(config: dict, batch: int, text_len: int, side: int, generator=None) -> dict:
+    import torch
+
+    labels = torch.arange(batch, dtype=torch.int64) % config["num_embeds_ada_norm"]
+    return {
+        "sample": torch.randn(batch, config["in_channels"], side, side, generator=generator),
+        "timestep": torch.full((batch,), 500, dtype=torch.int64),
+        "class_labels": labels,
+    }
+
+
 SPEC = ModelSpec(
     arch="dit",
     diffusers_class="DiTTransformer2DModel",
@@ -62,6 +73,5 @@ SPEC = ModelSpec(
     cfg_cond_first=True,
     step_on_cfg_batch=True,
     from_forward_kwargs=from_forward_kwargs,
-    dynamic_axes={"sample": {0: "batch"}, "timestep": {0: "batch"}, "class_labels": {0: "batch"},
-                  "hidden_states": {0: "batch"}, "sample_out": {0: "batch"}},
+    example_inputs=example_inputs,
 )

@@ -73,6 +73,24 @@ def from_forward_kwargs(hidden_states, encoder_hidden_states=None, timestep=None
     return feeds
 
 
+def example_inputs(config: dict, batch: int, text_len: int, side: int, generator=None) -> dict:
+    import torch
+
+    mask = torch.ones(batch, text_len)
+    mask[0, text_len // 2 :] = 0  # exercise the padding path
+    feeds = {
+        "sample": torch.randn(batch, config["in_channels"], side, side, generator=generator),
+        "timestep": torch.full((batch,), 500, dtype=torch.int64),
+        "encoder_hidden_states": torch.randn(batch, text_len, config["caption_channels"], generator=generator),
+        "encoder_attention_mask": mask,
+    }
+    if _additional(config):
+        px = float(side * 8)
+        feeds["resolution"] = torch.tensor([[px, px]]).repeat(batch, 1)
+        feeds["aspect_ratio"] = torch.tensor([[1.0]]).repeat(batch, 1)
+    return feeds
+
+
 SPEC = ModelSpec(
     arch="pixart",
     diffusers_class="PixArtTransformer2DModel",
@@ -88,10 +106,5 @@ SPEC = ModelSpec(
     cfg_cond_first=False,
     step_on_cfg_batch=False,
     from_forward_kwargs=from_forward_kwargs,
-    dynamic_axes={
-        "sample": {0: "batch"}, "timestep": {0: "batch"}, "encoder_hidden_states": {0: "batch"},
-        "encoder_attention_mask": {0: "batch"}, "resolution": {0: "batch"}, "aspect_ratio": {0: "batch"},
-        "hidden_states": {0: "batch"}, "timestep_emb": {0: "batch"}, "encoder_attention_bias": {0: "batch"},
-        "embedded_timestep": {0: "batch"}, "sample_out": {0: "batch"},
-    },
+    example_inputs=example_inputs,
 )

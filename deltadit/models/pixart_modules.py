@@ -75,8 +75,9 @@ class Tail(nn.Module):
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None].to(self.scale_shift_table.device)).chunk(2, dim=1)
         hidden_states = self.norm_out(hidden_states)
         hidden_states = hidden_states * (1 + scale.to(hidden_states.device)) + shift.to(hidden_states.device)
-        hidden_states = self.proj_out(hidden_states)
-        hidden_states = hidden_states.squeeze(1)
+        hidden_states = self.proj_out(hidden_states)  # (B, L, p*p*C)
+        # diffusers squeezes dim 1 here, a no-op for L > 1; left out because with a dynamic batch the
+        # exporter turns it into an If node that ONNX Runtime's shape inference rejects.
         hidden_states = hidden_states.reshape(shape=(-1, height, width, p, p, c))
         hidden_states = torch.einsum("nhwpqc->nchpwq", hidden_states)
         return hidden_states.reshape(shape=(-1, c, height * p, width * p))  # (B, C_out, H, W)

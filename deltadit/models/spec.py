@@ -7,7 +7,7 @@ one :class:`ModelSpec` entry in :data:`SPECS`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from deltadit.errors import DeltaDiTError
@@ -43,7 +43,9 @@ class ModelSpec:
     cfg_cond_first: the CFG batch is [cond, uncond] (DiT) rather than [uncond, cond] (PixArt).
     step_on_cfg_batch: the scheduler steps the doubled latents (DiTPipeline) instead of one copy.
     from_forward_kwargs: diffusers ``forward(**kwargs)`` -> head feeds (for the pipeline drop-in).
-    dynamic_axes: per tensor name, axis -> symbolic name, for ONNX export.
+    Every segment tensor has the batch on axis 0 (the axis the exporter makes dynamic).
+    example_inputs(config, batch, text_len, side, generator): head feeds (side = latent height = width) of the right shapes and dtypes
+        (seeded random), used to trace the export and to check each ONNX segment against PyTorch.
     """
 
     arch: str
@@ -60,7 +62,7 @@ class ModelSpec:
     cfg_cond_first: bool
     step_on_cfg_batch: bool
     from_forward_kwargs: Callable[..., dict]
-    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    example_inputs: Callable[..., dict]
 
     def segments(self, config: dict, groups) -> tuple[Segment, ...]:
         """Head, one segment per block group, tail; with their tensor names."""

@@ -1,0 +1,207 @@
+"""The export, one straight line of named stages:
+
+    load -> split -> export ONNX (per segment, reused when unchanged) -> check vs PyTorch -> write bundle
+
+Everything is written into ``OUT.partial/``; the manifest is written last and the folder is renamed to
+``OUT`` only when every stage passed. A re-run after an interruption reuses each segment whose content
+key (weights, I/O, shapes, opset, versions) is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deltadit.bundle import FORMAT_VERSION, MANIFEST, sha256_file, write_json_atomic
+from deltadit.errors import DeltaDiTError
+from deltadit.plan import DeltaPlan
+from deltadit.presets import Preset
+
+STAGES_FILE = "stages.json"  # inside OUT.partial/: finished segment exports and their keys
+
+
+@dataclass
+class ExportReport:
+    bundle: Path
+    exported: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    errors: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def versions() -> dict:
+    import diffusers
+    import onnx
+    import onnxruntime
+    import torch
+
+    from deltadit import __version__
+
+    return {"deltadit": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def segment_key(module, seg, shapes: dict, opset: int, vers: dict) -> str:
+    """Content hash of everything an exported segment depends on."""
+    code = inspect.getsource(type(module))  # a changed segment class must not reuse an old export
+    h = hashlib.sha256(json.dumps([seg.name, seg.inputs, seg.outputs, seg.block_range, shapes, opset, vers, code],
+                                  sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def trace_inputs(split, feeds: dict) -> dict:
+    """Run the split in PyTorch once; return every segment's input feeds and reference outputs."""
+    import torch
+
+    per_segment = {}
+    with torch.no_grad():
+        values = dict(feeds)
+        for seg in split.segments:
+            args = {n: values[n] for n in seg.inputs}
+            out = split.modules[seg.name](*args.values())
+            out = out if isinstance(out, tuple) else (out,)
+            per_segment[seg.name] = (args, dict(zip(seg.outputs, out)))
+            values.update(zip(seg.outputs, out))
+    return per_segment
+
+
+def _tensor_desc(name, t, onnx_name=None) -> dict:
+    shape = ["batch"] + list(t.shape[1:])
+    d = {"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")}
+    if onnx_name is not None:
+        d["onnx_name"] = onnx_name
+    return d
+
+
+def export_bundle(
+    preset: Preset,
+    plan: DeltaPlan,
+    out: str | Path,
+    *,
+    weights: str | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    opset: int = 17,
+    max_batch: int | None = None,
+    tolerance: float = 1e-4,
+    progress: bool = True,
+) -> ExportReport:
+    """Export ``preset``'s transformer, split at ``plan.groups``, as an ONNX bundle in ``out``.
+
+    tolerance: largest accepted ONNX-vs-PyTorch error per output, relative to the output's max
+    magnitude. max_batch: recorded for engine builders (the ONNX batch axis is dynamic); default the
+    CFG batch, which is also the optimisation point.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from deltadit.export.load import load_transformer
+    from deltadit.export.onnx import compare, export_segment, onnx_output_names
+    from deltadit.models import split as split_model
+    from deltadit.runtime.runners.onnxrt import OnnxrtRunner
+
+    out = Path(out)
+    work = out.with_name(out.name + ".partial")
+    (work / "onnx").mkdir(parents=True, exist_ok=True)
+    report = ExportReport(out)
+    batch = preset.cfg_batch
+    side = preset.resolution // 8
+    patch = preset.transformer["patch_size"]
+    tic = time.perf_counter()
+
+    # 1. load
+    transformer = load_transformer(preset, weights, random_init, seed)
+    if len(transformer.transformer_blocks) != plan.num_blocks:
+        raise DeltaDiTError(f"plan | built for {plan.num_blocks} blocks, the model has {len(transformer.transformer_blocks)}. "
+                            "Expected: --nc / --b for this model.")
+    report.seconds["load"] = time.perf_counter() - tic
+
+    # 2. split, and trace every segment's inputs once
+    tic = time.perf_counter()
+    s = split_model(transformer, plan.groups, (side // patch, side // patch))
+    feeds = s.spec.example_inputs(s.config, batch, preset.text_len, side, torch.Generator().manual_seed(seed))
+    traced = trace_inputs(s, feeds)
+    report.seconds["split"] = time.perf_counter() - tic
+
+    # 3. export ONNX, reusing finished segments whose key is unchanged
+    tic = time.perf_counter()
+    vers = versions()
+    stages_path = work / STAGES_FILE
+    stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
+    entries = []
+    for seg in tqdm(s.segments, desc="export onnx", disable=not progress):
+        args, outs = traced[seg.name]
+        shapes = {n: list(t.shape) for n, t in args.items()}
+        key = segment_key(s.modules[seg.name], seg, shapes, opset, vers)
+        path = work / "onnx" / f"{seg.name}.onnx"
+        done = stages.get(seg.name)
+        if done and done["key"] == key and all((work / f["path"]).is_file() and sha256_file(work / f["path"]) == f["sha256"]
+                                               for f in done["files"]):
+            report.reused.append(seg.name)
+            files = done["files"]
+        else:
+            written = export_segment(s.modules[seg.name], seg, args, path, opset)
+            files = [{"path": str(f.relative_to(work)), "sha256": sha256_file(f)} for f in written]
+            stages[seg.name] = {"key": key, "files": files}
+            write_json_atomic(stages_path, stages)
+            report.exported.append(seg.name)
+        entries.append({
+            "name": seg.name, "kind": seg.kind, "block_range": list(seg.block_range) if seg.block_range else None,
+            "inputs": [_tensor_desc(n, t) for n, t in args.items()],
+            "outputs": [_tensor_desc(n, outs[n], o) for n, o in zip(seg.outputs, onnx_output_names(seg))],
+            "files": files,
+        })
+    report.seconds["export"] = time.perf_counter() - tic
+
+    # 4. check every segment on ONNX Runtime (CPU) against PyTorch
+    tic = time.perf_counter()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": {"preset": preset.name, "arch": preset.arch, "diffusers_class": s.spec.diffusers_class,
+                  "source": weights or preset.source, "random_init": random_init,
+                  "seed": seed if random_init else None, "config": s.config},
+        "precision": "fp32",
+        "export": {"opset": opset, "opt_batch": batch, "max_batch": max_batch or batch, "resolution": preset.resolution,
+                   "latent_side": side, "text_len": preset.text_len, "tolerance": tolerance},
+        "sampling": {"scheduler": preset.scheduler, "scheduler_config": preset.scheduler_config,
+                     "guidance_scale": preset.guidance_scale, "steps": plan.num_steps},
+        "plan": plan.to_dict(),
+        "segments": entries,
+        "versions": vers,
+    }
+    runner = OnnxrtRunner(work, manifest, s.segments)
+    failures = []
+    for seg, entry in tqdm(list(zip(s.segments, entries)), desc="check onnx", disable=not progress):
+        args, outs = traced[seg.name]
+        got = runner.infer(seg.name, args)
+        entry["check"] = compare({k: v.numpy() for k, v in got.items()}, outs)
+        report.errors[seg.name] = entry["check"]
+        for name, err in entry["check"].items():
+            if err["rel"] > tolerance:
+                failures.append(f"segment {seg.name} output {name} | ONNX Runtime differs from PyTorch by {err['rel']:.2e} "
+                                f"(relative; max abs {err['max_abs']:.2e}). Expected: <= {tolerance:.0e}.")
+    runner.deactivate()
+    report.seconds["check"] = time.perf_counter() - tic
+    if failures:
+        raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
+
+    # 5. write the manifest last, then publish the folder in one rename
+    write_json_atomic(work / MANIFEST, manifest)
+    stages_path.unlink(missing_ok=True)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        work.rename(out)
+    return report
