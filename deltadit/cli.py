@@ -90,6 +90,7 @@ def cmd_check(args) -> int:
 
     import torch
 
+    from deltadit.costs import path_name
     from deltadit.runtime import load
 
     tic = time.perf_counter()
@@ -108,7 +109,7 @@ def cmd_check(args) -> int:
     for i in range(steps):
         tic = time.perf_counter()
         out = executor.step(i, feeds)["sample"]
-        kind = "full" if bundle.plan.steps[i].is_full else f"cached {list(bundle.plan.steps[i].cached)}"
+        kind = path_name(bundle.plan.steps[i])
         finite = bool(torch.isfinite(out).all())
         print(f"  step {i + 1} ({kind}): {time.perf_counter() - tic:.2f} s, output {list(out.shape)}, finite={finite}")
         if not finite:

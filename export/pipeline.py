@@ -105,6 +105,7 @@ def export_bundle(
 
     from deltadit.export.load import load_transformer
     from deltadit.export.onnx import compare, export_segment, onnx_output_names
+    from deltadit.models import check_plan_fits
     from deltadit.models import split as split_model
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
@@ -119,9 +120,7 @@ def export_bundle(
 
     # 1. load
     transformer = load_transformer(preset, weights, random_init, seed)
-    if len(transformer.transformer_blocks) != plan.num_blocks:
-        raise DeltaDiTError(f"plan | built for {plan.num_blocks} blocks, the model has {len(transformer.transformer_blocks)}. "
-                            "Expected: --nc / --b for this model.")
+    check_plan_fits(plan, transformer)
     report.seconds["load"] = time.perf_counter() - tic
 
     # 2. split, and trace every segment's inputs once

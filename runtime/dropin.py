@@ -14,8 +14,7 @@ import inspect
 import torch
 from torch import nn
 
-from deltadit.errors import DeltaDiTError
-from deltadit.models import spec_for, split
+from deltadit.models import check_plan_fits, spec_for, split
 from deltadit.plan import DeltaPlan
 from deltadit.runtime.executor import DeltaDiTExecutor
 from deltadit.runtime.runners.torch import TorchRunner
@@ -24,11 +23,7 @@ from deltadit.runtime.runners.torch import TorchRunner
 class DeltaDiTTransformer(nn.Module):
     def __init__(self, transformer: nn.Module, plan: DeltaPlan, autocast: torch.dtype | None = None):
         super().__init__()
-        if len(transformer.transformer_blocks) != plan.num_blocks:
-            raise DeltaDiTError(
-                f"plan | built for {plan.num_blocks} blocks, but the transformer has "
-                f"{len(transformer.transformer_blocks)}. Expected: a plan with num_blocks={len(transformer.transformer_blocks)}."
-            )
+        check_plan_fits(plan, transformer)
         self.transformer = transformer
         self.spec = spec_for(transformer)
         self.plan = plan

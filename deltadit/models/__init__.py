@@ -20,6 +20,16 @@ class Split:
     grid: tuple[int, int]
 
 
+def check_plan_fits(plan, transformer) -> None:
+    """Raise if ``plan`` was built for another block count than ``transformer`` has."""
+    n = len(transformer.transformer_blocks)
+    if plan.num_blocks != n:
+        raise DeltaDiTError(
+            f"plan | built for {plan.num_blocks} blocks, but the transformer has {n}. "
+            f"Expected: a plan with num_blocks={n} (--nc / --b chosen for this model)."
+        )
+
+
 def split(transformer, groups, grid: tuple[int, int] | None = None) -> Split:
     """Cut ``transformer`` at the plan's groups (``plan.groups``). grid: the (h, w) token grid the tail
     unpatchifies to; by default the config's square ``sample_size / patch_size``."""
@@ -45,4 +55,4 @@ def split(transformer, groups, grid: tuple[int, int] | None = None) -> Split:
     return Split(spec, config, segments, modules, grid)
 
 
-__all__ = ["ModelSpec", "Segment", "Split", "get_spec", "spec_for", "split"]
+__all__ = ["check_plan_fits", "ModelSpec", "Segment", "Split", "get_spec", "spec_for", "split"]

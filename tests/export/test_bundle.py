@@ -196,7 +196,7 @@ def test_cli_check_runs_first_steps(good_bundle, capsys):
     assert main(["check", str(good_bundle)]) == 0
     out = capsys.readouterr().out
     assert "files and hashes OK" in out and "[RANDOM-INIT WEIGHTS]" in out
-    assert "step 1 (full)" in out and "step 2 (cached [3, 6])" in out and "finite=True" in out
+    assert "step 1 (full)" in out and "step 2 (cached [3,6))" in out and "finite=True" in out
 
 
 def test_cli_export_tiny_preset(tmp_path, capsys):
