@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(outs.values(), key=lambda e: e["rel"])
         size = sum(f.stat().st_size for f in (report.bundle / "onnx").glob(f"{name}.onnx*"))
         print(f"  {name:<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {worst['rel']:.1e}")
+    from deltadit.costs import format_macs, plan_costs
+    from deltadit.models import get_spec
+
+    spec = get_spec(preset.arch)
+    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.resolution), preset.cfg_batch)
+    print(f"plan: {plan.variant}, {plan.num_steps} steps, b={plan.b}, N_c={plan.n_c}, N={plan.interval}; block MACs "
+          f"{format_macs(costs.plan_macs)} vs {format_macs(costs.baseline_macs)} uncached (bound {costs.speedup_bound:.2f}x)")
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items())
           + f"; total {time.perf_counter() - tic:.1f}")
     return 0

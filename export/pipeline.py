@@ -118,10 +118,14 @@ def export_bundle(
     patch = preset.transformer["patch_size"]
     tic = time.perf_counter()
 
+    stages_bar = tqdm(total=5, desc="stages", disable=not progress, bar_format="{desc}: {n}/{total} {postfix}")
+    stages_bar.set_postfix_str("load")
     # 1. load
     transformer = load_transformer(preset, weights, random_init, seed)
     check_plan_fits(plan, transformer)
     report.seconds["load"] = time.perf_counter() - tic
+    stages_bar.update(1)
+    stages_bar.set_postfix_str("split + trace")
 
     # 2. split, and trace every segment's inputs once
     tic = time.perf_counter()
@@ -129,6 +133,8 @@ def export_bundle(
     feeds = s.spec.example_inputs(s.config, batch, preset.text_len, side, torch.Generator().manual_seed(seed))
     traced = trace_inputs(s, feeds)
     report.seconds["split"] = time.perf_counter() - tic
+    stages_bar.update(1)
+    stages_bar.set_postfix_str("export onnx")
 
     # 3. export ONNX, reusing finished segments whose key is unchanged
     tic = time.perf_counter()
@@ -159,6 +165,8 @@ def export_bundle(
             "files": files,
         })
     report.seconds["export"] = time.perf_counter() - tic
+    stages_bar.update(1)
+    stages_bar.set_postfix_str("check vs pytorch")
 
     # 4. check every segment on ONNX Runtime (CPU) against PyTorch
     tic = time.perf_counter()
@@ -166,7 +174,8 @@ def export_bundle(
         "format_version": FORMAT_VERSION,
         "model": {"preset": preset.name, "arch": preset.arch, "diffusers_class": s.spec.diffusers_class,
                   "source": weights or preset.source, "random_init": random_init,
-                  "seed": seed if random_init else None, "config": s.config},
+                  "seed": seed if random_init else None,
+                  "config": {k: v for k, v in s.config.items() if not k.startswith("_")}},  # no _name_or_path etc.
         "precision": "fp32",
         "export": {"opset": opset, "opt_batch": batch, "max_batch": max_batch or batch, "resolution": preset.resolution,
                    "latent_side": side, "text_len": preset.text_len, "tolerance": tolerance},
@@ -189,7 +198,10 @@ def export_bundle(
                                 f"(relative; max abs {err['max_abs']:.2e}). Expected: <= {tolerance:.0e}.")
     runner.deactivate()
     report.seconds["check"] = time.perf_counter() - tic
+    stages_bar.update(1)
+    stages_bar.set_postfix_str("write bundle")
     if failures:
+        stages_bar.close()
         raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
 
     # 5. write the manifest last, then publish the folder in one rename
@@ -203,4 +215,6 @@ def export_bundle(
         shutil.rmtree(old, ignore_errors=True)
     else:
         work.rename(out)
+    stages_bar.update(1)
+    stages_bar.close()
     return report

@@ -1,7 +1,8 @@
 """deltadit.runtime: run a Δ-DiT plan on a split transformer with any backend.
 
 PyTorch: :class:`DeltaDiTTransformer` (pipeline drop-in) or :func:`pytorch_executor` +
-:func:`denoise` (the standalone loop). Exported bundles open with :func:`load` (ONNX Runtime).
+:func:`denoise` (the standalone loop). Exported bundles open with :func:`load` (ONNX Runtime);
+:func:`generate` turns a prompt or class into an image on one.
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ def pytorch_executor(transformer, plan, grid=None, autocast=None) -> DeltaDiTExe
     return DeltaDiTExecutor(plan, s.segments, TorchRunner(s, autocast))
 
 
-def load(bundle, providers=None):
+def load(bundle, providers=None, io_binding=True):
     """Check and open an exported bundle (see :func:`deltadit.runtime.bundle.load`)."""
     from deltadit.runtime.bundle import load as _load
 
-    return _load(bundle, providers)
+    return _load(bundle, providers, io_binding)
+
+
+def generate(bundle, *args, **kwargs):
+    """Prompt or class -> image on a bundle (see :func:`deltadit.runtime.generation.generate`).
+    ``bundle``: a path or an already loaded bundle."""
+    from deltadit.runtime.generation import generate as _generate
+
+    if not hasattr(bundle, "manifest"):
+        bundle = load(bundle)
+    return _generate(bundle, *args, **kwargs)
 
 
 def __getattr__(name):
@@ -37,4 +48,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["DeltaDiTExecutor", "load", "DeltaDiTTransformer", "denoise", "make_scheduler", "pytorch_executor"]
+__all__ = ["DeltaDiTExecutor", "load", "generate", "DeltaDiTTransformer", "denoise", "make_scheduler", "pytorch_executor"]

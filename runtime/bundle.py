@@ -43,9 +43,10 @@ class FullPlan:
         self.steps = tuple(StepAction(t=s.t) for s in plan.steps)
 
 
-def load(bundle: str | Path, providers: list[str] | None = None) -> Bundle:
+def load(bundle: str | Path, providers: list[str] | None = None, io_binding: bool = True) -> Bundle:
     """Check and open a bundle on ONNX Runtime. providers: e.g. ["CUDAExecutionProvider",
-    "CPUExecutionProvider"]; default CPU. Raises DeltaDiTError for a missing/corrupt file, a missing
+    "CPUExecutionProvider"]; default CPU. io_binding: bind tensors by pointer so hidden states and
+    deltas stay on the execution provider's device (False: copy through numpy). Raises DeltaDiTError for a missing/corrupt file, a missing
     manifest or an unsupported format version."""
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
@@ -57,5 +58,5 @@ def load(bundle: str | Path, providers: list[str] | None = None) -> Bundle:
                 tuple(i["name"] for i in s["inputs"]), tuple(o["name"] for o in s["outputs"]))
         for s in manifest["segments"]
     )
-    runner = OnnxrtRunner(root, manifest, segments, providers)
+    runner = OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding)
     return Bundle(root, manifest, plan, get_spec(manifest["model"]["arch"]), segments, runner)

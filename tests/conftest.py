@@ -48,3 +48,33 @@ def pixart():
 @pytest.fixture
 def dit():
     return build_dit()
+
+
+def build_tokenizer(words=("a", "red", "cat", "dog", "on", "the", "grass", "giraffe")):
+    """A word-level tokenizer saved like T5's (pad 0, eos 1 appended, unk 2); no downloads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_text_encoder(d_model: int = 32, vocab: int = 11, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=64, num_layers=2,
+                                   num_heads=2, relative_attention_num_buckets=8)).eval()
+
+
+def save_pipeline_folder(root, transformer, text=True):
+    """A diffusers-style pipeline folder: transformer/, vae/ and (text=True) tokenizer/ + text_encoder/."""
+    transformer.save_pretrained(root / "transformer")
+    build_vae().save_pretrained(root / "vae")
+    if text:
+        build_tokenizer().save_pretrained(root / "tokenizer")
+        build_text_encoder().save_pretrained(root / "text_encoder")
+    return root

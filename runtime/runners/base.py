@@ -15,6 +15,7 @@ from deltadit.models.spec import Segment
 
 class Runner(ABC):
     name = "base"
+    device = "cpu"  # where this runner's torch tensors (hidden states, deltas) live
 
     def __init__(self, segments: tuple[Segment, ...]):
         self.segments = {s.name: s for s in segments}

@@ -1,8 +1,10 @@
 """ONNX Runtime backend: one InferenceSession per bundle segment.
 
-Tensors in and out are torch tensors (the executor's Δ arithmetic stays in torch); on CPU they cross
-to ONNX Runtime as zero-copy numpy views. Execution providers are selectable (CPU, CUDA, TensorRT EP
-where the installed onnxruntime has them).
+Tensors in and out are torch tensors, so the executor's Δ arithmetic is a torch op on the runner's
+device. With IO binding (the default) inputs are bound by pointer and each output is written straight
+into a torch tensor the runner allocates on that device: on the CUDA / TensorRT execution providers the
+hidden states and the stored deltas never leave the GPU (that needs a CUDA build of torch next to
+onnxruntime-gpu); on CPU nothing is copied. Without IO binding, tensors cross as numpy arrays.
 """
 
 from __future__ import annotations
@@ -15,30 +17,42 @@ from deltadit.errors import DeltaDiTError
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
 
 class OnnxrtRunner(Runner):
     name = "onnxrt"
 
-    def __init__(self, root: Path, manifest: dict, segments: tuple[Segment, ...], providers: list[str] | None = None):
+    def __init__(self, root: Path, manifest: dict, segments: tuple[Segment, ...], providers: list[str] | None = None,
+                 io_binding: bool = True, device_id: int = 0):
         super().__init__(segments)
         self.root = Path(root)
         self.entries = {s["name"]: s for s in manifest["segments"]}
         self.providers = list(providers or ["CPUExecutionProvider"])
+        self.io_binding = io_binding
+        on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
+        self.device = f"cuda:{device_id}" if on_gpu else "cpu"
+        self.device_id = device_id
         self.sessions: dict = {}
 
     def _activate_impl(self) -> None:
         import onnxruntime as ort
+        import torch
 
         available = ort.get_available_providers()
         missing = [p for p in self.providers if p not in available]
         if missing:
             raise DeltaDiTError(f"providers | {', '.join(missing)} not available in this onnxruntime "
                                 f"(has {', '.join(available)}). Expected: install onnxruntime-gpu for CUDA / TensorRT.")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            # Deltas cannot live on the GPU as torch tensors; fall back to host tensors (copies per segment).
+            self.device, self.io_binding = "cpu", False
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        provider_options = [{"device_id": self.device_id} if p in GPU_PROVIDERS else {} for p in self.providers]
         for name, entry in self.entries.items():
             self.sessions[name] = ort.InferenceSession(str(self.root / entry["files"][0]["path"]), opts,
-                                                       providers=self.providers)
+                                                       providers=self.providers, provider_options=provider_options)
 
     def _deactivate_impl(self) -> None:
         self.sessions.clear()
@@ -66,7 +80,30 @@ class OnnxrtRunner(Runner):
         self._check_shapes(entry, feeds)
         session = self.sessions[segment.name]
         wanted = {i.name for i in session.get_inputs()}  # the exporter drops inputs a graph does not use
-        arrays = {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in feeds.items() if n in wanted}
-        names = [o["onnx_name"] for o in entry["outputs"]]
-        results = session.run(names, arrays)
-        return {o["name"]: torch.from_numpy(r) for o, r in zip(entry["outputs"], results)}
+        dtypes = {i["name"]: getattr(torch, i["dtype"]) for i in entry["inputs"]}
+        # The bundle's input dtypes are the contract (e.g. a tokenizer's int64 mask becomes float32).
+        tensors = {n: t.to(device=self.device, dtype=dtypes[n]).contiguous() for n, t in feeds.items() if n in wanted}
+        if not self.io_binding:
+            arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items()}
+            results = session.run([o["onnx_name"] for o in entry["outputs"]], arrays)
+            return {o["name"]: torch.from_numpy(r) for o, r in zip(entry["outputs"], results)}
+        batch = next(iter(tensors.values())).shape[0]
+        kind, index = ("cuda", self.device_id) if self.device != "cpu" else ("cpu", 0)
+        binding = session.io_binding()
+        for name, t in tensors.items():
+            binding.bind_input(name, kind, index, _np_dtype(t.dtype), list(t.shape), t.data_ptr())
+        outputs = {}
+        for o in entry["outputs"]:
+            shape = [batch if d == "batch" else d for d in o["shape"]]
+            out = torch.empty(shape, dtype=getattr(torch, o["dtype"]), device=self.device)
+            binding.bind_output(o["onnx_name"], kind, index, _np_dtype(out.dtype), shape, out.data_ptr())
+            outputs[o["name"]] = out
+        session.run_with_iobinding(binding)
+        return outputs
+
+
+def _np_dtype(torch_dtype):
+    import torch
+
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32,
+            torch.bool: np.bool_}[torch_dtype]

@@ -210,5 +210,7 @@ def test_cli_export_tiny_preset(tmp_path, capsys):
     assert main(["--model", str(preset), "--random-init", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "RANDOM-INIT" in out and "segments exported: head, blocks_00_02, blocks_02_04, blocks_04_06, tail" in out
+    # The summary states the plan's block MACs: 4 steps, b=2, N_c=2 of 6 -> steps 2 and 4 skip 2 blocks: 20/24.
+    assert "plan: delta-dit, 4 steps, b=2, N_c=2, N=2" in out and "(bound 1.20x)" in out
     assert main(["--model", str(preset), "--out", str(tmp_path / "c"), "--weights", str(tmp_path / "none")]) == 2
     assert "weights | no DiTTransformer2DModel weights found" in capsys.readouterr().err
