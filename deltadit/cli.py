@@ -72,7 +72,7 @@ def cmd_plan(args) -> int:
 
     preset, plan = plan_from_args(args)
     spec = get_spec(preset.arch)
-    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.resolution), preset.cfg_batch)
+    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution), preset.cfg_batch)
     if args.json:
         out = {"preset": preset.name, "plan": plan.to_dict(),
                "groups": [[g.start, g.stop] for g in plan.groups],
@@ -129,7 +129,7 @@ def cmd_generate(args) -> int:
     path = result.save(args.out)
     m = bundle.manifest
     ex = m["export"]
-    block = bundle.spec.block_macs(bundle.config, ex["text_len"], ex["resolution"])
+    block = bundle.spec.block_macs(bundle.config, ex["text_len"], ex["latent_side"] * 8)
     costs = plan_costs(bundle.plan, block, ex["opt_batch"])
     how = (f"Δ-DiT plan ({bundle.plan.variant}, b={bundle.plan.b}, N_c={bundle.plan.n_c}, N={bundle.plan.interval}): "
            f"blocks {format_macs(costs.plan_macs)} MACs, bound {costs.speedup_bound:.2f}x") if not args.no_cache else \

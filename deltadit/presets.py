@@ -14,7 +14,9 @@ from deltadit.errors import DeltaDiTError
 class Preset:
     """name: preset name.  arch: spec key.  source: where real weights come from (hub id).
     transformer: the diffusers transformer config.  steps/b/nc/interval/variant: the Δ-DiT plan.
-    scheduler, guidance_scale (<= 1 means no CFG), text_len (caption tokens), resolution (px)."""
+    scheduler, guidance_scale (<= 1 means no CFG), text_len (caption tokens), resolution (px).
+    vae_scale: pixels per latent pixel (8 for SD-style VAEs, 1 for a pixel-space model); decoder: "vae"
+    (latents decode with the pipeline's VAE) or "pixels" (the latents are the image in [-1, 1])."""
 
     name: str
     description: str
@@ -31,6 +33,18 @@ class Preset:
     text_len: int
     resolution: int
     scheduler_config: dict = field(default_factory=dict)
+    vae_scale: int = 8
+    decoder: str = "vae"
+
+    @property
+    def latent_side(self) -> int:
+        """Side of the transformer's input in latent pixels (resolution / VAE downscale)."""
+        return self.resolution // self.vae_scale
+
+    @property
+    def macs_resolution(self) -> int:
+        """The resolution the cost model expects (it divides by the usual VAE factor 8)."""
+        return self.latent_side * 8
 
     @property
     def cfg_batch(self) -> int:
@@ -68,6 +82,7 @@ def load_preset(name_or_path: str) -> Preset:
             scheduler=sampling["scheduler"], guidance_scale=float(sampling["guidance_scale"]),
             text_len=int(sampling.get("text_len", 0)), resolution=int(sampling["resolution"]),
             scheduler_config=dict(d.get("scheduler_config", {})),
+            vae_scale=int(sampling.get("vae_scale", 8)), decoder=sampling.get("decoder", "vae"),
         )
     except KeyError as e:
         raise DeltaDiTError(f"preset {name} | missing key {e}. Expected: the layout of configs/pixart.toml.") from None

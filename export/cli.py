@@ -21,22 +21,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="image size in pixels (default: the preset's)")
     p.add_argument("--max-batch", type=int, help="largest batch an engine must accept (default: the CFG batch)")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--int8", action="store_true", help="INT8 block groups (not implemented yet)")
+    q = p.add_argument_group("INT8 (NVIDIA ModelOpt; install the [int8] extra)")
+    q.add_argument("--int8", action="store_true", help="quantize the block groups to INT8 (QDQ ONNX; TensorRT engines where available)")
+    q.add_argument("--calibration", default="max", help="max | percentile | smoothquant (default max)")
+    q.add_argument("--percentile", type=float, default=99.99, help="activation percentile for --calibration percentile")
+    q.add_argument("--smoothquant-alpha", type=float, default=0.5, help="SmoothQuant alpha (default 0.5)")
+    q.add_argument("--calib-count", type=int, default=4, help="calibration generations, one prompt / class each (default 4)")
+    q.add_argument("--calib-prompts", help="text file, one calibration prompt per line (PixArt)")
+    q.add_argument("--int8-min-sqnr", type=float, default=15.0, help="fail when a group's held-out SQNR is lower (dB, default 15)")
     return p
+
+
+def int8_options(args):
+    if not args.int8:
+        return None
+    try:
+        import modelopt.torch.quantization  # noqa: F401
+    except ImportError as e:
+        raise DeltaDiTError(f"--int8 | NVIDIA ModelOpt does not import ({e}). Expected: pip install 'deltadit[int8]' "
+                            "(nvidia-modelopt).") from None
+    from deltadit.export.quantize import Int8Options
+
+    prompts = None
+    if args.calib_prompts:
+        path = Path(args.calib_prompts)
+        if not path.is_file():
+            raise DeltaDiTError(f"--calib-prompts | {path} does not exist. Expected: a text file, one prompt per line.")
+        prompts = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        if not prompts:
+            raise DeltaDiTError(f"--calib-prompts | {path} has no prompts. Expected: one prompt per line.")
+    return Int8Options(calibration=args.calibration, percentile=args.percentile, alpha=args.smoothquant_alpha,
+                       count=args.calib_count, prompts=prompts, seed=args.seed, min_sqnr_db=args.int8_min_sqnr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.int8:
-            raise DeltaDiTError("--int8 | INT8 export is not implemented yet. Expected: run without --int8 for an FP32 bundle.")
+        int8 = int8_options(args)
         preset, plan = plan_from_args(args)
         preset = preset.with_overrides(resolution=args.resolution)
         from deltadit.export.pipeline import export_bundle
 
         tic = time.perf_counter()
         report = export_bundle(preset, plan, Path(args.out), weights=args.weights, random_init=args.random_init,
-                               seed=args.seed, opset=args.opset, max_batch=args.max_batch)
+                               seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8)
     except DeltaDiTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -50,9 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     from deltadit.models import get_spec
 
     spec = get_spec(preset.arch)
-    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.resolution), preset.cfg_batch)
+    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution), preset.cfg_batch)
     print(f"plan: {plan.variant}, {plan.num_steps} steps, b={plan.b}, N_c={plan.n_c}, N={plan.interval}; block MACs "
           f"{format_macs(costs.plan_macs)} vs {format_macs(costs.baseline_macs)} uncached (bound {costs.speedup_bound:.2f}x)")
+    if int8 is not None:
+        import json
+
+        info = json.loads((report.bundle / "manifest.json").read_text())["int8"]
+        print(f"int8 ({int8.calibration} calibration, {info['calibration']['generations']} generations with the plan on; "
+              f"conditioning: {info['calibration']['conditioning']}):")
+        for name, q in info["quality"].items():
+            k = info["kernels"][name]
+            print(f"  {name:<14} SQNR {q['sqnr_db']:5.1f} dB  rel err {q['rel_err']:.2e} (on the group's change, "
+                  f"{q['samples']} held-out inputs)  {len(info['quantized'][name])} linears INT8, "
+                  f"ORT int8 kernels {k['int8_matmuls']}, quantized-but-FP32 MatMuls {k['fp_matmuls_with_qdq']}")
+        f = info["final_latents"]
+        print(f"  final latents vs FP after {f['steps']} steps: max rel err {f['max_rel_err']:.2e}, SQNR {f['sqnr_db']:.1f} dB")
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items())
           + f"; total {time.perf_counter() - tic:.1f}")
     return 0

@@ -23,6 +23,8 @@ def export_segment(module, seg: Segment, feeds: dict, path: Path, opset: int) ->
     import onnx
     import torch
 
+    if module.training:
+        raise ValueError(f"segment {seg.name} is in training mode (dropout / label drop would be traced); call .eval()")
     tmp = path.with_name(path.stem + ".raw.onnx")
     outs = onnx_output_names(seg)
     with torch.no_grad():

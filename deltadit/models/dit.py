@@ -74,4 +74,7 @@ SPEC = ModelSpec(
     step_on_cfg_batch=True,
     from_forward_kwargs=from_forward_kwargs,
     example_inputs=example_inputs,
+    # Each DiT block carries its own timestep/class embedding and adaLN-Zero projection (norm1.emb,
+    # norm1.linear): the paper's "time/adaLN embedding" layers, kept in floating point.
+    int8_keep_fp=("*norm1*",),
 )

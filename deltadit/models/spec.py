@@ -46,6 +46,9 @@ class ModelSpec:
     Every segment tensor has the batch on axis 0 (the axis the exporter makes dynamic).
     example_inputs(config, batch, text_len, side, generator): head feeds (side = latent height = width) of the right shapes and dtypes
         (seeded random), used to trace the export and to check each ONNX segment against PyTorch.
+    int8_keep_fp: module-name globs inside a block group that INT8 export leaves in floating point
+        (sensitive layers; the head and tail, with the patch/caption/time embeddings and the final
+        projection, are never quantized).
     """
 
     arch: str
@@ -63,6 +66,8 @@ class ModelSpec:
     step_on_cfg_batch: bool
     from_forward_kwargs: Callable[..., dict]
     example_inputs: Callable[..., dict]
+    int8_keep_fp: tuple[str, ...] = ()
+
 
     def segments(self, config: dict, groups) -> tuple[Segment, ...]:
         """Head, one segment per block group, tail; with their tensor names."""

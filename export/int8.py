@@ -1,0 +1,154 @@
+"""The INT8 stages of the export: calibrate (before ONNX) and guard (after the ONNX Runtime check).
+
+calibrate: record a held-out FP generation (inputs of every group, final latents), then quantize
+copies of the groups with ModelOpt while the denoising loop runs the plan over the calibration set.
+guard: per quantized group, SQNR / relative error of the shipped INT8 ONNX on the held-out inputs,
+measured on the change the group makes; which MatMuls ONNX Runtime runs as INT8 kernels; and the final
+latents of the held-out generation on the exported bundle against the FP ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from deltadit.export.quantize import (GroupRecorder, calibration_conditions, group_quality, kept_fp_layers,
+                                      quantize_groups, sqnr)
+
+HOLDOUT_SEED_OFFSET = 1000  # the held-out generation's noise seed, apart from the calibration seeds
+
+
+def _conditioner(spec, preset, weights, random_init):
+    """The model's text encoder when its pipeline folder is on disk (None: random embeddings)."""
+    if spec.cond_input != "encoder_hidden_states" or random_init:
+        return None, None
+    from deltadit.runtime.generation import TextConditioner, components_root
+
+    root, looked = components_root({"model": {"source": weights or preset.source, "random_init": False}}, None)
+    if root is None or not (root / "tokenizer").is_dir() or not (root / "text_encoder").is_dir():
+        return None, root
+    return TextConditioner(root, looked, preset.text_len), root
+
+
+def _model_prompts(root) -> tuple[str, ...] | None:
+    """A model folder may list its classes (classes.json): calibrate on "a <class>" prompts."""
+    if root is not None and (Path(root) / "classes.json").is_file():
+        return tuple(f"a {c}" for c in json.loads((Path(root) / "classes.json").read_text()))
+    return None
+
+
+def run_generation(executor, spec, config, preset, cond, uncond, seed):
+    """One generation with the preset's sampler from seeded noise (as runtime.generate does)."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from deltadit.runtime.loop import denoise, make_scheduler
+
+    scheduler = make_scheduler(preset.scheduler, preset.scheduler_config)
+    scheduler.set_timesteps(executor.plan.num_steps)
+    generator = torch.Generator().manual_seed(seed)
+    latents = randn_tensor((1, config["in_channels"], preset.latent_side, preset.latent_side), generator=generator,
+                           dtype=torch.float32) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        return denoise(executor, spec, config, scheduler, latents, cond, uncond, preset.guidance_scale, generator=generator)
+
+
+def calibrate(transformer, fp_split, plan, preset, options, weights, random_init, progress):
+    """Returns (quantized group modules by name, manifest info, held-out data for :func:`guard`)."""
+    from tqdm import tqdm
+
+    from deltadit.models import split
+    from deltadit.runtime.executor import DeltaDiTExecutor
+    from deltadit.runtime.runners.torch import TorchRunner
+
+    spec, config = fp_split.spec, fp_split.config
+    conditioner, root = _conditioner(spec, preset, weights, random_init)
+    prompts = options.prompts or _model_prompts(root)
+    conds = calibration_conditions(spec, config, options.count + 1, options.seed, preset.text_len, conditioner, prompts)
+    calib, (h_cond, h_uncond) = conds[:-1], conds[-1]  # the last one is held out
+
+    # Held-out FP generation: each group's inputs (spread over the steps) and the final latents.
+    with GroupRecorder(fp_split, plan.num_steps) as rec:
+        fp_executor = DeltaDiTExecutor(plan, fp_split.segments, TorchRunner(fp_split))
+        fp_latents = run_generation(fp_executor, spec, config, preset, h_cond, h_uncond, options.seed + HOLDOUT_SEED_OFFSET)
+
+    # Quantize copies of the groups while the plan's loop runs over the calibration set.
+    qsplit = split(copy.deepcopy(transformer), plan.groups, fp_split.grid)
+    groups = {seg.name: qsplit.modules[seg.name] for seg in qsplit.segments if seg.kind == "group"}
+    q_executor = DeltaDiTExecutor(plan, qsplit.segments, TorchRunner(qsplit))
+
+    def forward_loop():
+        for i, (cond, uncond) in enumerate(tqdm(calib, desc="calibrate", disable=not progress)):
+            run_generation(q_executor, spec, config, preset, cond, uncond, options.seed + i)
+
+    layers = quantize_groups(groups, options, spec.int8_keep_fp, forward_loop)
+    info = {
+        "options": options.to_dict(),
+        "calibration": {
+            "generations": len(calib), "steps_each": plan.num_steps, "plan": plan.variant,
+            "conditioning": ("prompts" if conditioner is not None else
+                             "random caption embeddings (no text encoder on disk)" if spec.cond_input == "encoder_hidden_states"
+                             else "class labels"),
+            "prompts": list(prompts or ()) if conditioner is not None else None,
+        },
+        "quantized": layers,
+        "kept_fp": {name: kept_fp_layers(m, spec.int8_keep_fp) for name, m in groups.items()},
+        "kept_fp_segments": [seg.name for seg in qsplit.segments if seg.kind != "group"],
+    }
+    holdout = {"samples": rec.samples, "latents": fp_latents, "cond": h_cond, "uncond": h_uncond,
+               "seed": options.seed + HOLDOUT_SEED_OFFSET}
+    return groups, info, holdout
+
+
+def int8_kernels(path: Path) -> dict:
+    """Which MatMuls ONNX Runtime (CPU, all optimisations) runs as INT8 kernels in the ONNX at ``path``:
+    counts of integer MatMul kernels, and of float MatMuls still fed by a DequantizeLinear (a quantized
+    linear layer ORT left in FP32; should be 0)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    int8_ops = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm")
+    counts = {"int8_matmuls": sum(n.op_type in int8_ops for n in graph.node),
+              "fp_matmuls_with_qdq": sum(n.op_type in ("MatMul", "Gemm") and any(producer.get(i) == "DequantizeLinear" for i in n.input)
+                                         for n in graph.node),
+              "fp_matmuls": sum(n.op_type in ("MatMul", "Gemm") for n in graph.node)}
+    return counts
+
+
+def guard(fp_split, plan, preset, runner, work: Path, manifest: dict, holdout: dict, options, progress) -> dict:
+    """Quality and kernel checks of the exported INT8 groups (ONNX Runtime on ``work``)."""
+    from deltadit.runtime.executor import DeltaDiTExecutor
+
+    failures, quality, kernels = [], {}, {}
+    for seg in fp_split.segments:
+        if seg.kind != "group":
+            continue
+        samples = holdout["samples"].get(seg.name, [])
+        q = group_quality(fp_split.modules[seg.name],
+                          lambda feeds, _n=seg.name: runner.infer(_n, feeds)["hidden_states"].numpy(), samples)
+        quality[seg.name] = q
+        entry = next(e for e in manifest["segments"] if e["name"] == seg.name)
+        kernels[seg.name] = int8_kernels(work / entry["files"][0]["path"])
+        if not q["sqnr_db"] >= options.min_sqnr_db:
+            failures.append(f"segment {seg.name} | INT8 SQNR {q['sqnr_db']:.1f} dB on held-out inputs (relative error "
+                            f"{q['rel_err']:.2e} on the group's change) is below {options.min_sqnr_db} dB. Expected: "
+                            "try --calibration percentile or smoothquant, more --calib-count, or keep more layers FP.")
+    executor = DeltaDiTExecutor(plan, fp_split.segments, runner)
+    latents = run_generation(executor, fp_split.spec, fp_split.config, preset, holdout["cond"], holdout["uncond"], holdout["seed"])
+    ref = holdout["latents"]
+    rel = float((latents - ref).abs().max() / ref.abs().max())
+    final = sqnr(ref.numpy(), latents.numpy())
+    return {"quality": quality, "kernels": kernels, "failures": failures,
+            "final_latents": {"max_rel_err": rel, "sqnr_db": final["sqnr_db"], "steps": plan.num_steps,
+                              "against": "FP PyTorch with the same plan (the FP bundle matches it within the export tolerance)"}}

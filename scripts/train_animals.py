@@ -1,0 +1,178 @@
+"""Train the embedded default model: a 12-block PixArt-α (diffusers PixArtTransformer2DModel, ada_norm_single,
+cross-attention to caption embeddings) on animal-mnist silhouettes, in pixel space (1 x 28 x 28), with a
+small T5 encoder (word-level vocabulary) trained jointly as its text encoder.
+
+    pip install --no-deps animal-mnist
+    python scripts/train_animals.py --out deltadit/weights/animals --steps 1600
+
+Writes a diffusers pipeline folder (transformer/, text_encoder/, tokenizer/, scheduler/) plus
+train_log.json (loss per step, seconds) and, with --samples, a sample grid. Reproducible: the seed fixes
+the split, the weights' init, the batches, the noise and the caption templates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")  # label order
+TEMPLATES = ("a {}", "a {}", "{}", "a photo of a {}", "a silhouette of a {}", "an animal: {}")
+HELD_OUT_PER_CLASS = 100  # the last 100 images of each class: FID reference and classifier test split
+TEXT_LEN = 8
+TRANSFORMER = dict(
+    num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=12,
+    cross_attention_dim=128, sample_size=28, patch_size=4, caption_channels=64, num_embeds_ada_norm=1000,
+    norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+    activation_fn="gelu-approximate", attention_bias=True,
+)
+TEXT_ENCODER = dict(d_model=64, d_kv=32, d_ff=128, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
+                    dropout_rate=0.0)
+SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+
+
+def load_animals() -> tuple[np.ndarray, np.ndarray]:
+    """All 10,000 images (uint8, 28 x 28) and labels from the animal-mnist package's data files (no TensorFlow)."""
+    import gzip
+    import importlib.util
+    import pickle
+
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None:
+        raise SystemExit("animal-mnist is not installed. Run: pip install --no-deps animal-mnist")
+    folder = Path(spec.submodule_search_locations[0]) / "data" / "Animal_MNIST"
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:
+        images = pickle.load(f)
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:
+        labels = pickle.load(f)
+    return np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
+
+
+def split(images: np.ndarray, labels: np.ndarray, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """'train': the first 900 of each class; 'test': the last 100 (never seen in training)."""
+    keep = []
+    for c in range(len(CLASSES)):
+        idx = np.flatnonzero(labels == c)
+        keep.append(idx[:-HELD_OUT_PER_CLASS] if part == "train" else idx[-HELD_OUT_PER_CLASS:])
+    keep = np.concatenate(keep)
+    return images[keep], labels[keep]
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in TEMPLATES for w in t.replace("{}", "").replace(":", " ").split()} | set(CLASSES))
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=TEXT_LEN)
+
+
+def encode(tokenizer, text_encoder, prompts: list[str]):
+    """Exactly what PixArtAlphaPipeline.encode_prompt does (lower-case, strip, pad to TEXT_LEN)."""
+    tokens = tokenizer([p.lower().strip() for p in prompts], padding="max_length", max_length=TEXT_LEN,
+                       truncation=True, add_special_tokens=True, return_tensors="pt")
+    return text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0], tokens.attention_mask
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="deltadit/weights/animals")
+    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--cond-drop", type=float, default=0.1, help="probability of the empty caption (for CFG)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (AMX CPUs)")
+    args = p.parse_args()
+
+    import copy
+
+    import diffusers
+    from transformers import T5Config, T5EncoderModel
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    images, labels = split(*load_animals(), "train")
+    data = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)  # [-1, 1]
+    targets = torch.from_numpy(labels)
+
+    tokenizer = build_tokenizer()
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TEXT_ENCODER))
+    transformer = diffusers.PixArtTransformer2DModel(**TRANSFORMER)
+    scheduler = diffusers.DDPMScheduler(**SCHEDULER)
+    alphas = scheduler.alphas_cumprod
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    warmup = 100
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
+    for m in (ema_t, ema_e):
+        m.requires_grad_(False)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    log = {"args": vars(args), "loss": [], "seconds": []}
+    tic = time.perf_counter()
+    order = torch.randperm(len(data), generator=gen)
+    cursor = 0
+    for step in range(args.steps):
+        if cursor + args.batch > len(order):
+            order, cursor = torch.randperm(len(data), generator=gen), 0
+        idx = order[cursor: cursor + args.batch]
+        cursor += args.batch
+        x0 = data[idx]
+        if torch.rand((), generator=gen) < 0.5:  # silhouettes are left/right symmetric as a class
+            x0 = x0.flip(-1)
+        prompts = [random.choice(TEMPLATES).format(CLASSES[int(c)]) if random.random() >= args.cond_drop else ""
+                   for c in targets[idx]]
+        t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            emb, mask = encode(tokenizer, text_encoder, prompts)
+            pred = transformer(xt, encoder_hidden_states=emb, timestep=t, encoder_attention_mask=mask).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for ema, live in ((ema_t, transformer), (ema_e, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - args.ema)
+        log["loss"].append(float(loss))
+        log["seconds"].append(time.perf_counter() - tic)
+        if step % 50 == 0 or step == args.steps - 1:
+            recent = np.mean(log["loss"][-50:])
+            print(f"step {step:5d}  loss {recent:.4f}  {time.perf_counter() - tic:7.0f} s", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ema_t.save_pretrained(out / "transformer")
+    ema_e.save_pretrained(out / "text_encoder")
+    tokenizer.save_pretrained(out / "tokenizer")
+    scheduler.save_pretrained(out / "scheduler")
+    (out / "classes.json").write_text(json.dumps(list(CLASSES)))
+    log["total_seconds"] = time.perf_counter() - tic
+    (out / "train_log.json").write_text(json.dumps(log))
+    print(f"wrote {out} ({log['total_seconds'] / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
