@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="image size in pixels (default: the preset's)")
     p.add_argument("--max-batch", type=int, help="largest batch an engine must accept (default: the CFG batch)")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where TensorRT is available")
     q = p.add_argument_group("INT8 (NVIDIA ModelOpt; install the [int8] extra)")
     q.add_argument("--int8", action="store_true", help="quantize the block groups to INT8 (QDQ ONNX; TensorRT engines where available)")
     q.add_argument("--calibration", default="max", help="max | percentile | smoothquant (default max)")
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
         tic = time.perf_counter()
         report = export_bundle(preset, plan, Path(args.out), weights=args.weights, random_init=args.random_init,
-                               seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8)
+                               seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8,
+                               build_engines=not args.no_engines)
     except DeltaDiTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"ORT int8 kernels {k['int8_matmuls']}, quantized-but-FP32 MatMuls {k['fp_matmuls_with_qdq']}")
         f = info["final_latents"]
         print(f"  final latents vs FP after {f['steps']} steps: max rel err {f['max_rel_err']:.2e}, SQNR {f['sqnr_db']:.1f} dB")
+    if report.engines.get("built"):
+        print(f"TensorRT engines: {', '.join(report.engines['files'].values())}")
+    else:
+        print(report.engines.get("reason", ""))
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items())
           + f"; total {time.perf_counter() - tic:.1f}")
     return 0

@@ -32,6 +32,7 @@ class ExportReport:
     reused: list[str] = field(default_factory=list)
     errors: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    engines: dict = field(default_factory=dict)
 
 
 def versions() -> dict:
@@ -93,6 +94,7 @@ def export_bundle(
     max_batch: int | None = None,
     tolerance: float = 1e-4,
     int8_tolerance: float = 1e-3,
+    build_engines: bool = True,
     progress: bool = True,
     int8=None,
 ) -> ExportReport:
@@ -236,6 +238,20 @@ def export_bundle(
     if failures:
         stages_bar.close()
         raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
+
+    # 4b. TensorRT engines where tensorrt imports and a GPU is visible (else the reason, stated)
+    from deltadit.export.tensorrt import ensure_engines, unavailable_reason
+
+    reason = unavailable_reason() if build_engines else "TensorRT engines were not built: disabled (--no-engines)."
+    if reason is None:
+        stages_bar.set_postfix_str("tensorrt engines")
+        tic = time.perf_counter()
+        paths = ensure_engines(work, manifest)
+        manifest["engines"] = {"built": True, "files": {k: str(v.relative_to(work)) for k, v in paths.items()}}
+        report.seconds["engines"] = time.perf_counter() - tic
+    else:
+        manifest["engines"] = {"built": False, "reason": reason}
+    report.engines = manifest["engines"]
 
     # 5. write the manifest last, then publish the folder in one rename
     write_json_atomic(work / MANIFEST, manifest)

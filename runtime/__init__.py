@@ -19,11 +19,11 @@ def pytorch_executor(transformer, plan, grid=None, autocast=None) -> DeltaDiTExe
     return DeltaDiTExecutor(plan, s.segments, TorchRunner(s, autocast))
 
 
-def load(bundle, providers=None, io_binding=True):
+def load(bundle, providers=None, io_binding=True, backend="onnxrt", **runner_options):
     """Check and open an exported bundle (see :func:`deltadit.runtime.bundle.load`)."""
     from deltadit.runtime.bundle import load as _load
 
-    return _load(bundle, providers, io_binding)
+    return _load(bundle, providers, io_binding, backend, **runner_options)
 
 
 def generate(bundle, *args, **kwargs):

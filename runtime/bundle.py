@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deltadit.bundle import read_manifest
+from deltadit.errors import DeltaDiTError
 from deltadit.models.spec import ModelSpec, Segment, get_spec
 from deltadit.plan import DeltaPlan
 from deltadit.runtime.executor import DeltaDiTExecutor
@@ -43,10 +44,13 @@ class FullPlan:
         self.steps = tuple(StepAction(t=s.t) for s in plan.steps)
 
 
-def load(bundle: str | Path, providers: list[str] | None = None, io_binding: bool = True) -> Bundle:
+def load(bundle: str | Path, providers: list[str] | None = None, io_binding: bool = True,
+         backend: str = "onnxrt", **runner_options) -> Bundle:
     """Check and open a bundle on ONNX Runtime. providers: e.g. ["CUDAExecutionProvider",
     "CPUExecutionProvider"]; default CPU. io_binding: bind tensors by pointer so hidden states and
-    deltas stay on the execution provider's device (False: copy through numpy). Raises DeltaDiTError for a missing/corrupt file, a missing
+    deltas stay on the execution provider's device (False: copy through numpy). backend: "onnxrt" or
+    "tensorrt" (engines from the bundle's cache, built from the ONNX on first load; runner_options go
+    to :class:`TensorRTRunner`, e.g. cuda_graph=True). Raises DeltaDiTError for a missing/corrupt file, a missing
     manifest or an unsupported format version."""
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
@@ -58,5 +62,12 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
                 tuple(i["name"] for i in s["inputs"]), tuple(o["name"] for o in s["outputs"]))
         for s in manifest["segments"]
     )
-    runner = OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding)
+    if backend == "onnxrt":
+        runner = OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding)
+    elif backend == "tensorrt":
+        from deltadit.runtime.runners.tensorrt import TensorRTRunner
+
+        runner = TensorRTRunner(root, manifest, segments, **runner_options)
+    else:
+        raise DeltaDiTError(f"backend | '{backend}' is unknown. Expected: onnxrt or tensorrt.")
     return Bundle(root, manifest, plan, get_spec(manifest["model"]["arch"]), segments, runner)
