@@ -12,7 +12,8 @@ from deltadit.plan import VARIANTS
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     """Plan flags shared with deltadit-export; each overrides the preset's value when given."""
-    p.add_argument("--model", default="pixart", help="preset name (pixart, pixart-1024, dit-xl, pixart-lcm) or a .toml path")
+    p.add_argument("--model", default="animals", help="preset name (animals = the embedded trained model, default; pixart, "
+                                                      "pixart-1024, dit-xl, pixart-lcm) or a .toml path")
     p.add_argument("--steps", type=int, help="denoising steps T")
     p.add_argument("--b", type=int, help="boundary b: cached steps with t <= b reuse the deep blocks (t counts from 1)")
     p.add_argument("--nc", type=int, help="cached blocks N_c")
@@ -140,6 +141,22 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """The paper's comparison on the embedded model: every row exported, generated and scored offline."""
+    from pathlib import Path
+
+    from deltadit.eval.run import evaluate, format_table
+    from deltadit.presets import load_preset
+
+    preset = load_preset(args.model)
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    report = evaluate(preset, Path(args.out), rows, per_class=args.per_class, seed=args.seed,
+                      calib_count=args.calib_count, latency_repeats=args.latency_repeats)
+    print(format_table(report))
+    print(f"wrote {args.out}/results.json, {args.out}/table.md, {args.out}/grids/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltadit", description="Δ-DiT plans, costs and bundles.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=float, help="override the bundle's guidance scale")
     g.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
     g.set_defaults(func=cmd_generate)
+    bn = sub.add_parser("bench", help="latency per configuration and step path, side by side (see deltadit.bench)", add_help=False)
+    bn.add_argument("rest", nargs=argparse.REMAINDER)
+    bn.set_defaults(func=lambda a: __import__("deltadit.bench", fromlist=["main"]).main(a.rest))
+    from deltadit.eval.run import ROWS
+
+    e = sub.add_parser("eval", help="FID / class accuracy / PSNR / MACs / latency table of plan variants and INT8 (embedded model)")
+    e.add_argument("--model", default="animals", help="a preset with an animal-mnist model (default: the embedded one)")
+    e.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows (default all: {','.join(ROWS)})")
+    e.add_argument("--per-class", type=int, default=20, help="images per class prompt and row (default 20 -> 200 per row)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--calib-count", type=int, default=4, help="INT8 calibration generations (default 4)")
+    e.add_argument("--latency-repeats", type=int, default=5)
+    e.add_argument("--out", default="eval/animals", help="folder for bundles, results.json, table.md, grids/")
+    e.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -56,6 +56,18 @@ class Preset:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
+DEFAULT = "animals"  # the embedded, trained default model
+EMBEDDED = "embedded:"
+
+
+def resolve_source(source: str) -> str:
+    """``embedded:NAME`` -> the folder of weights shipped in the package (deltadit/weights/NAME);
+    anything else (a folder or a hub id) unchanged."""
+    if source.startswith(EMBEDDED):
+        return str(resources.files("deltadit.weights") / source[len(EMBEDDED):])
+    return source
+
+
 def available() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in resources.files("deltadit.configs").iterdir() if p.name.endswith(".toml"))
 

@@ -14,7 +14,7 @@ from deltadit.errors import DeltaDiTError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deltadit-export", description="Export a DiT with its Δ-DiT plan as an ONNX bundle.")
     add_plan_args(p)
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--out", help="bundle folder to write (default bundles/MODEL, bundles/MODEL-int8 with --int8)")
     p.add_argument("--weights", help="local diffusers model folder or a hub id already in the local cache (default: the preset's source)")
     p.add_argument("--random-init", action="store_true", help="seeded random weights (speed work only; marked in the manifest)")
     p.add_argument("--seed", type=int, default=0)
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         from deltadit.export.pipeline import export_bundle
 
         tic = time.perf_counter()
-        report = export_bundle(preset, plan, Path(args.out), weights=args.weights, random_init=args.random_init,
+        out = Path(args.out or f"bundles/{preset.name}{'-int8' if args.int8 else ''}")
+        report = export_bundle(preset, plan, out, weights=args.weights, random_init=args.random_init,
                                seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8,
                                build_engines=not args.no_engines)
     except DeltaDiTError as e:

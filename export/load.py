@@ -31,7 +31,9 @@ def load_transformer(preset: Preset, weights: str | None, random_init: bool, see
     if random_init:
         torch.manual_seed(seed)
         return cls(**preset.transformer).eval()
-    source = weights or preset.source
+    from deltadit.presets import resolve_source
+
+    source = resolve_source(weights or preset.source)
     looked = []
     local = Path(source)
     for folder in (local / "transformer", local):

@@ -25,7 +25,7 @@ from deltadit.errors import DeltaDiTError
 
 @dataclass
 class Generation:
-    image: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    image: np.ndarray  # (H, W, 3) float32 in [0, 1]; (H, W, 1) for single-channel pixel models
     latents: object  # torch.Tensor (1, C, h, w): the final latents, before decoding
     seconds: dict = field(default_factory=dict)
     cached: bool = True
@@ -49,8 +49,10 @@ def components_root(manifest: dict, pipeline: str | Path | None) -> tuple[Path |
     source = manifest["model"].get("source")
     if not pipeline and source and not manifest["model"].get("random_init"):
         candidates.append(source)
+    from deltadit.presets import resolve_source
+
     for cand in candidates:
-        path = Path(cand)
+        path = Path(resolve_source(cand))
         looked.append(str(path))
         if path.is_dir():
             return path, looked
@@ -125,6 +127,13 @@ class VaeDecoder:
         return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()[0]
 
 
+class PixelDecoder:
+    """Pixel-space models (no VAE): the latents are the image in [-1, 1]."""
+
+    def __call__(self, latents) -> np.ndarray:
+        return (latents / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()[0]
+
+
 def generate(bundle, prompt: str | None = None, class_label: int | None = None, *, seed: int = 0, cache: bool = True,
              pipeline: str | Path | None = None, guidance_scale: float | None = None, progress: bool = False,
              conditioner=None, decoder=None) -> Generation:
@@ -156,7 +165,7 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
             conditioner = (TextConditioner(root, looked, manifest["export"]["text_len"])
                            if spec.cond_input == "encoder_hidden_states" else ClassConditioner(config["num_embeds_ada_norm"]))
         if decoder is None:
-            decoder = VaeDecoder(root, looked)
+            decoder = PixelDecoder() if manifest["model"].get("decoder") == "pixels" else VaeDecoder(root, looked)
     cond, uncond = conditioner(key)
     seconds["load+encode"] = time.perf_counter() - tic
 

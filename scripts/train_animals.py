@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")  # label order
+from deltadit.eval.data import CLASSES, split
+
 TEMPLATES = ("a {}", "a {}", "{}", "a photo of a {}", "a silhouette of a {}", "an animal: {}")
-HELD_OUT_PER_CLASS = 100  # the last 100 images of each class: FID reference and classifier test split
 TEXT_LEN = 8
 TRANSFORMER = dict(
     num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=12,
@@ -35,33 +35,6 @@ TRANSFORMER = dict(
 TEXT_ENCODER = dict(d_model=64, d_kv=32, d_ff=128, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
                     dropout_rate=0.0)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
-
-
-def load_animals() -> tuple[np.ndarray, np.ndarray]:
-    """All 10,000 images (uint8, 28 x 28) and labels from the animal-mnist package's data files (no TensorFlow)."""
-    import gzip
-    import importlib.util
-    import pickle
-
-    spec = importlib.util.find_spec("animal_mnist")
-    if spec is None:
-        raise SystemExit("animal-mnist is not installed. Run: pip install --no-deps animal-mnist")
-    folder = Path(spec.submodule_search_locations[0]) / "data" / "Animal_MNIST"
-    with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:
-        images = pickle.load(f)
-    with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:
-        labels = pickle.load(f)
-    return np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
-
-
-def split(images: np.ndarray, labels: np.ndarray, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """'train': the first 900 of each class; 'test': the last 100 (never seen in training)."""
-    keep = []
-    for c in range(len(CLASSES)):
-        idx = np.flatnonzero(labels == c)
-        keep.append(idx[:-HELD_OUT_PER_CLASS] if part == "train" else idx[-HELD_OUT_PER_CLASS:])
-    keep = np.concatenate(keep)
-    return images[keep], labels[keep]
 
 
 def build_tokenizer():
@@ -106,7 +79,7 @@ def main() -> None:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    images, labels = split(*load_animals(), "train")
+    images, labels = split("train")  # the first 900 of each class; the last 100 are held out
     data = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)  # [-1, 1]
     targets = torch.from_numpy(labels)
 

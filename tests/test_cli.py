@@ -33,16 +33,16 @@ def test_plan_budget(capsys):
 
 
 def test_bad_flags_exit_2_with_named_parameter(capsys):
-    assert main(["plan", "--nc", "29"]) == 2
+    assert main(["plan", "--model", "pixart", "--nc", "29"]) == 2
     assert "nc (N_c) | 29 is out of range for a model with 28 blocks" in capsys.readouterr().err
     assert main(["plan", "--model", "sd9"]) == 2
     assert "model | 'sd9' is not a preset" in capsys.readouterr().err
-    assert main(["plan", "--budget", "0.6", "--nc", "3"]) == 2
+    assert main(["plan", "--model", "pixart", "--budget", "0.6", "--nc", "3"]) == 2
     assert "--budget | chooses N and N_c itself" in capsys.readouterr().err
 
 
 def test_presets_carry_the_paper_settings():
-    assert available() == ["dit-xl", "pixart", "pixart-1024", "pixart-lcm"]
+    assert available() == ["animals", "dit-xl", "pixart", "pixart-1024", "pixart-lcm"]
     lcm = load_preset("pixart-lcm")
     assert (lcm.steps, lcm.b, lcm.nc, lcm.cfg_batch, lcm.scheduler) == (4, 2, 4, 1, "lcm")
     px = load_preset("pixart")

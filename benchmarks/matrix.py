@@ -1,0 +1,64 @@
+"""The full benchmark matrix of the README, in one run per model:
+
+    PYTHONPATH=. .venv/bin/python benchmarks/matrix.py --model animals            # the shipped model
+    PYTHONPATH=. .venv/bin/python benchmarks/matrix.py --model pixart --layers 8  # PixArt-α 512 dims, random init
+
+Exports (or reuses) an FP32 and an INT8 bundle with the preset's Δ-DiT plan, then runs `deltadit bench`
+on both: unmodified PyTorch fp32 / bf16, PyTorch bf16 + Δ-DiT, each bundle uncached and with its plan;
+per segment, per step path, whole loop, peak memory. --layers keeps the preset's dimensions with fewer
+blocks (N_c scaled to the same fraction) so a 2-core CPU finishes; the result says so.
+Writes benchmarks/results/<name>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="animals")
+    p.add_argument("--layers", type=int, help="blocks to keep (default: all)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--calib-count", type=int, default=2)
+    p.add_argument("--work", default="bundles/bench")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args()
+
+    from deltadit import bench
+    from deltadit.export.pipeline import export_bundle
+    from deltadit.export.quantize import Int8Options
+    from deltadit.plan import build_plan
+    from deltadit.presets import load_preset
+
+    preset = load_preset(args.model)
+    random_init = preset.source.startswith("embedded:") is False
+    nb_all = preset.transformer["num_layers"]
+    nb = args.layers or nb_all
+    nc = round(preset.nc * nb / nb_all)
+    if nb != nb_all:
+        preset = preset.with_overrides(transformer={**preset.transformer, "num_layers": nb}, nc=nc)
+    plan = build_plan(preset.steps, nb, nc, preset.b, preset.interval, preset.variant)
+    name = f"{args.model}-{nb}blocks" if nb != nb_all else args.model
+    work = Path(args.work) / name
+    tic = time.perf_counter()
+    for kind, int8 in (("fp32", None), ("int8", Int8Options(count=args.calib_count))):
+        out = work / kind
+        if not (out / "manifest.json").is_file():
+            export_bundle(preset, plan, out, random_init=random_init, build_engines=False, int8=int8)
+    print(f"bundles ready in {time.perf_counter() - tic:.0f} s")
+    results = Path(args.out)
+    results.mkdir(parents=True, exist_ok=True)
+    bench.main([str(work / "fp32"), str(work / "int8"), "--repeats", str(args.repeats), "--memory",
+                "--json", str(results / f"{name}.json"), "--chart", str(results / f"{name}.png")])
+    summary = json.loads((results / f"{name}.json").read_text())
+    header = (f"{preset.description}: {nb} of {nb_all} blocks, N_c = {nc}, b = {preset.b}, {preset.steps} steps, "
+              f"{'random-init weights (timing only)' if random_init else 'trained weights'}; median of {args.repeats} rounds.\n\n")
+    (results / f"{name}.md").write_text(header + bench.format_report(summary))
+
+
+if __name__ == "__main__":
+    main()

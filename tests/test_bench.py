@@ -1,0 +1,40 @@
+"""deltadit bench on a tiny bundle: every configuration is timed and the summary is consistent."""
+
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from deltadit import bench
+from deltadit.export.pipeline import export_bundle
+from deltadit.plan import build_plan
+from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
+
+
+def test_bench_times_every_configuration(tmp_path, capsys):
+    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
+    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+    out = tmp_path / "bench.json"
+    assert bench.main([str(tmp_path / "fp"), "--repeats", "2", "--json", str(out), "--chart", str(tmp_path / "c.png")]) == 0
+    s = json.loads(out.read_text())
+    names = list(s["configs"])
+    assert names == ["torch-fp32", "torch-bf16", "torch-bf16+delta-dit", "ort fp (fp32)", "ort fp (fp32)+delta-dit"]
+    for name, r in s["configs"].items():
+        assert r["loop_s"] > 0 and r["paths_s"]["full"] > 0
+    cached = s["configs"]["ort fp (fp32)+delta-dit"]
+    # The plan has two cached paths (deep range while t <= b, shallow after), each timed and costed.
+    assert set(cached["paths_s"]) == {"full", "cached [3,6)", "cached [0,3)"}
+    assert set(cached["overhead_vs_segments"]) == set(cached["paths_s"])
+    assert cached["bound"] == pytest.approx(120 / 90)  # 20 steps x 6 blocks vs 10 x 6 + 10 x 3
+    assert "overhead_vs_segments" not in s["configs"]["torch-fp32"]
+    assert s["configs"]["torch-fp32"]["speedup_vs_torch-fp32"] == 1.0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert "| ort fp (fp32)+delta-dit |" in capsys.readouterr().out
+
+
+def test_bench_needs_a_bundle():
+    from deltadit.errors import DeltaDiTError
+
+    with pytest.raises(DeltaDiTError, match="no bundle given"):
+        bench.main([])
