@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (AMX CPUs)")
+    p.add_argument("--init", help="continue from this folder's transformer/ and text_encoder/ (its train_log.json is extended)")
+    p.add_argument("--warmup", type=int, default=100)
     args = p.parse_args()
 
     import copy
@@ -84,13 +86,19 @@ def main() -> None:
     targets = torch.from_numpy(labels)
 
     tokenizer = build_tokenizer()
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TEXT_ENCODER))
-    transformer = diffusers.PixArtTransformer2DModel(**TRANSFORMER)
+    if args.init:
+        text_encoder = T5EncoderModel.from_pretrained(Path(args.init) / "text_encoder")
+        transformer = diffusers.PixArtTransformer2DModel.from_pretrained(Path(args.init) / "transformer")
+    else:
+        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TEXT_ENCODER))
+        transformer = diffusers.PixArtTransformer2DModel(**TRANSFORMER)
+    transformer.train()
+    text_encoder.train()
     scheduler = diffusers.DDPMScheduler(**SCHEDULER)
     alphas = scheduler.alphas_cumprod
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    warmup = 100
+    warmup = args.warmup
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
@@ -99,6 +107,12 @@ def main() -> None:
 
     gen = torch.Generator().manual_seed(args.seed)
     log = {"args": vars(args), "loss": [], "seconds": []}
+    if args.init and (Path(args.init) / "train_log.json").is_file():  # one log across runs
+        prev = json.loads((Path(args.init) / "train_log.json").read_text())
+        log["previous_runs"] = prev.get("previous_runs", []) + [{"args": prev["args"], "steps": len(prev["loss"]),
+                                                                 "seconds": prev["total_seconds"]}]
+        log["loss"] = prev["loss"]
+        log["previous_loss_steps"] = len(prev["loss"])
     tic = time.perf_counter()
     order = torch.randperm(len(data), generator=gen)
     cursor = 0
@@ -130,9 +144,9 @@ def main() -> None:
                 for pe, pl in zip(ema.parameters(), live.parameters()):
                     pe.lerp_(pl, 1 - args.ema)
         log["loss"].append(float(loss))
-        log["seconds"].append(time.perf_counter() - tic)
+        log["seconds"].append(time.perf_counter() - tic)  # this run's clock
         if step % 50 == 0 or step == args.steps - 1:
-            recent = np.mean(log["loss"][-50:])
+            recent = np.mean(log["loss"][-50:])  # (across runs when continuing)
             print(f"step {step:5d}  loss {recent:.4f}  {time.perf_counter() - tic:7.0f} s", flush=True)
 
     out = Path(args.out)
