@@ -93,7 +93,7 @@ def export_bundle(
     opset: int = 17,
     max_batch: int | None = None,
     tolerance: float = 1e-4,
-    int8_tolerance: float = 1e-3,
+    int8_tolerance: float = 1e-2,
     build_engines: bool = True,
     progress: bool = True,
     int8=None,
@@ -101,9 +101,10 @@ def export_bundle(
     """Export ``preset``'s transformer, split at ``plan.groups``, as an ONNX bundle in ``out``.
 
     tolerance: largest accepted ONNX-vs-PyTorch error per output, relative to the output's max
-    magnitude. int8_tolerance: the same for INT8 groups against ModelOpt's fake quantization (ONNX
-    Runtime's int8 kernels may round an activation to the neighbouring level; measured up to 1.3e-4
-    relative on tiny models; the INT8-vs-FP quality is the separate SQNR guard). max_batch: recorded for engine builders (the ONNX batch axis is dynamic); default the
+    magnitude. int8_tolerance: the same for INT8 groups against ModelOpt's fake quantization. The two
+    implementations round some activations to neighbouring levels: measured 1.3e-4 on tiny random
+    models and 1.25e-3 on the trained 12-block model; a wrong graph (a traced label dropout) gave 0.28.
+    INT8-vs-FP quality is the separate SQNR guard. max_batch: recorded for engine builders (the ONNX batch axis is dynamic); default the
     CFG batch, which is also the optimisation point. int8: an :class:`Int8Options` to quantize the
     block groups with ModelOpt (calibrated along the plan's trajectory), or None for FP32.
     """

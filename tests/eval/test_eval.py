@@ -22,7 +22,7 @@ PRESET = load_preset("animals")
 
 def test_judge_scores_at_least_90_percent_on_held_out_images():
     x, y = split("test")
-    assert len(x) == 1000 and np.bincount(y).tolist() == [100] * 10
+    assert np.bincount(y).tolist() == [79, 44] + [100] * 8  # bears and birds repeat training images
     acc = float((predict(load_classifier(), x).numpy() == y).mean())
     assert acc >= 0.90, acc
 
@@ -32,7 +32,7 @@ def test_train_and_test_splits_do_not_overlap():
     b, _ = split("test")
     assert len(a) == 9000
     seen = {img.tobytes() for img in a}
-    assert sum(img.tobytes() in seen for img in b) <= 5  # the dataset itself may repeat a silhouette or two
+    assert not any(img.tobytes() in seen for img in b)  # 77 exact repeats of training images were dropped
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_rows_follow_the_paper(tmp_path):
 
 def test_eval_small_run(tmp_path):
     report = evaluate(PRESET, tmp_path, ("baseline", "delta-dit", "delta-dit+int8"), per_class=2, calib_count=1,
-                      latency_repeats=1, reference_per_class=5, progress=False)
+                      latency_repeats=1, reference_per_class=2, progress=False)
     rows = {r["row"]: r for r in report["rows"]}
     assert report["samples_per_row"] == 20
     assert rows["baseline"]["psnr_vs_baseline"] == 100.0 and rows["baseline"]["speedup_bound"] == 1.0
