@@ -251,6 +251,17 @@ def chart(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _peak_rss_kib() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over execve,
+    so a child started from a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1])
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def peak_rss_mib(args: list[str]) -> float:
     """Peak RSS of a fresh process running one loop of one configuration."""
     import subprocess
@@ -318,14 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--_memory-probe", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._memory_probe:
-        import resource
-
         bundle_path, kind = args._memory_probe[0], args._memory_probe[1]
         configs = build_configs([bundle_path], kind.startswith("torch"), True)  # ORT probes load no torch model
         c = {("torch" if c.backend == "torch" else "ort") + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else ""): c
              for c in configs}[kind]
         run_loop(c.executor_factory(), c.bundle)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(_peak_rss_kib() / 1024)
         return 0
     if not args.bundles:
         raise DeltaDiTError("bench | no bundle given. Expected: deltadit bench BUNDLE [BUNDLE...] (e.g. an FP and an INT8 export).")

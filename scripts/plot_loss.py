@@ -21,7 +21,11 @@ ax.plot(np.arange(49, len(loss)), smooth, lw=1.5, label="50-step mean")
 ax.set_yscale("log")
 ax.set_xlabel("step (batch 64)")
 ax.set_ylabel("ε-prediction MSE")
-ax.set_title(f"animals PixArt-α: {len(loss)} steps, {log['total_seconds'] / 60:.0f} min on 1 CPU thread")
+total = log["total_seconds"] + sum(r["seconds"] for r in log.get("previous_runs", []))
+runs = len(log.get("previous_runs", [])) + 1
+ax.set_title(f"animals PixArt-α: {len(loss)} steps in {runs} run(s), {total / 60:.0f} min on 1 CPU thread")
+for r in log.get("previous_runs", []):
+    ax.axvline(r["steps"], color="grey", lw=0.8, ls="--")
 ax.legend()
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=120)
