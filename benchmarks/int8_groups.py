@@ -40,7 +40,6 @@ def main() -> None:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
-    import numpy as np
     import onnxruntime as ort
     import torch
 

@@ -81,14 +81,12 @@ def _conditions(bundle, gen):
 def run_loop(executor, bundle, seed: int = 0):
     import torch
 
-    from deltadit.runtime.loop import denoise, make_scheduler
+    from deltadit.runtime.loop import denoise, prepare
 
     m = bundle.manifest
-    sched = make_scheduler(m["sampling"]["scheduler"], m["sampling"]["scheduler_config"])
-    sched.set_timesteps(executor.plan.num_steps)
     gen = torch.Generator().manual_seed(seed)
     side = m["export"]["latent_side"]
-    latents = torch.randn(1, bundle.config["in_channels"], side, side, generator=gen) * sched.init_noise_sigma
+    sched, latents = prepare(m["sampling"], executor.plan.num_steps, (1, bundle.config["in_channels"], side, side), gen)
     cond, uncond = _conditions(bundle, gen)
     with torch.no_grad():
         return denoise(executor, bundle.spec, bundle.config, sched, latents, cond, uncond, m["sampling"]["guidance_scale"])
@@ -116,7 +114,7 @@ def time_paths(executor, feeds) -> dict:
     out = {}
     for name, i in path_steps(executor.plan).items():
         if executor.plan.steps[i].cached is not None:
-            executor.step(executor.plan.steps.index(next(s for s in executor.plan.steps[:i][::-1] if s.cached is None)), feeds)
+            executor.step(max(j for j in range(i) if executor.plan.steps[j].cached is None), feeds)
         tic = time.perf_counter()
         executor.step(i, feeds)
         out[name] = time.perf_counter() - tic

@@ -37,7 +37,7 @@ def int8_options(args):
     if not args.int8:
         return None
     try:
-        import modelopt.torch.quantization  # noqa: F401
+        import modelopt.torch.quantization  # noqa: F401 - availability check only
     except ImportError as e:
         raise DeltaDiTError(f"--int8 | NVIDIA ModelOpt does not import ({e}). Expected: pip install 'deltadit[int8]' "
                             "(nvidia-modelopt).") from None

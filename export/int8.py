@@ -25,7 +25,7 @@ def _conditioner(spec, preset, weights, random_init):
         return None, None
     from deltadit.runtime.generation import TextConditioner, components_root
 
-    root, looked = components_root({"model": {"source": weights or preset.source, "random_init": False}}, None)
+    root, looked = components_root(weights or preset.source)
     if root is None or not (root / "tokenizer").is_dir() or not (root / "text_encoder").is_dir():
         return None, root
     return TextConditioner(root, looked, preset.text_len), root
@@ -41,15 +41,13 @@ def _model_prompts(root) -> tuple[str, ...] | None:
 def run_generation(executor, spec, config, preset, cond, uncond, seed):
     """One generation with the preset's sampler from seeded noise (as runtime.generate does)."""
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
 
-    from deltadit.runtime.loop import denoise, make_scheduler
+    from deltadit.runtime.loop import denoise, prepare
 
-    scheduler = make_scheduler(preset.scheduler, preset.scheduler_config)
-    scheduler.set_timesteps(executor.plan.num_steps)
     generator = torch.Generator().manual_seed(seed)
-    latents = randn_tensor((1, config["in_channels"], preset.latent_side, preset.latent_side), generator=generator,
-                           dtype=torch.float32) * scheduler.init_noise_sigma
+    scheduler, latents = prepare({"scheduler": preset.scheduler, "scheduler_config": preset.scheduler_config},
+                                 executor.plan.num_steps, (1, config["in_channels"], preset.latent_side, preset.latent_side),
+                                 generator)
     with torch.no_grad():
         return denoise(executor, spec, config, scheduler, latents, cond, uncond, preset.guidance_scale, generator=generator)
 

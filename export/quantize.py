@@ -16,7 +16,6 @@ quantized group is then compared with its FP version on those inputs *on the cha
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 from dataclasses import asdict, dataclass

@@ -42,12 +42,12 @@ class Generation:
         return path
 
 
-def components_root(manifest: dict, pipeline: str | Path | None) -> tuple[Path | None, list[str]]:
-    """The diffusers pipeline folder to take text encoder / VAE from, and where it looked."""
+def components_root(source: str | None, pipeline: str | Path | None = None) -> tuple[Path | None, list[str]]:
+    """The diffusers pipeline folder to take text encoder / VAE from (``pipeline``, else the model's
+    ``source``; None for random-init models), and where it looked."""
     looked = []
     candidates = [str(pipeline)] if pipeline else []
-    source = manifest["model"].get("source")
-    if not pipeline and source and not manifest["model"].get("random_init"):
+    if not pipeline and source:
         candidates.append(source)
     from deltadit.presets import resolve_source
 
@@ -146,7 +146,7 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     import torch
     from tqdm import tqdm
 
-    from deltadit.runtime.loop import denoise, make_scheduler
+    from deltadit.runtime.loop import denoise, prepare
 
     manifest, spec, config = bundle.manifest, bundle.spec, bundle.config
     seconds = {}
@@ -160,7 +160,8 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
             raise DeltaDiTError(f"generate | a {spec.arch} bundle is class-conditional. Expected: --class N.")
         key = class_label
     if conditioner is None or decoder is None:
-        root, looked = components_root(manifest, pipeline)
+        model = manifest["model"]
+        root, looked = components_root(None if model.get("random_init") else model.get("source"), pipeline)
         if conditioner is None:
             conditioner = (TextConditioner(root, looked, manifest["export"]["text_len"])
                            if spec.cond_input == "encoder_hidden_states" else ClassConditioner(config["num_embeds_ada_norm"]))
@@ -174,14 +175,9 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     if scale > 1 and manifest["export"]["opt_batch"] < 2:
         raise DeltaDiTError(f"--guidance-scale | {scale} needs the CFG batch of 2, but the bundle was exported for batch 1. "
                             "Expected: guidance scale <= 1, or re-export with guidance.")
-    scheduler = make_scheduler(sampling["scheduler"], sampling["scheduler_config"])
-    scheduler.set_timesteps(bundle.plan.num_steps)
     side, channels = manifest["export"]["latent_side"], config["in_channels"]
     generator = torch.Generator().manual_seed(seed)
-    from diffusers.utils.torch_utils import randn_tensor
-
-    latents = randn_tensor((1, channels, side, side), generator=generator, dtype=torch.float32)
-    latents = latents * scheduler.init_noise_sigma
+    scheduler, latents = prepare(sampling, bundle.plan.num_steps, (1, channels, side, side), generator)
     device = getattr(bundle.runner, "device", "cpu")
     latents = latents.to(device)
     cond = {k: v.to(device) for k, v in cond.items()}

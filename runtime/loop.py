@@ -36,6 +36,18 @@ def make_scheduler(name: str, config: dict | None = None):
     return cls.from_config({**(config or {}), **settings})
 
 
+def prepare(sampling: dict, steps: int, shape: tuple, generator):
+    """The scheduler of ``sampling`` ({"scheduler", "scheduler_config"}) set for ``steps``, and seeded
+    initial latents of ``shape`` scaled by its ``init_noise_sigma``, drawn as diffusers' pipelines draw
+    them (``randn_tensor``; a list of generators gives one per image)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    scheduler = make_scheduler(sampling["scheduler"], sampling.get("scheduler_config"))
+    scheduler.set_timesteps(steps)
+    latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+    return scheduler, latents
+
+
 def _cfg_batch(spec: ModelSpec, cond: dict, uncond: dict | None) -> dict:
     if uncond is None:
         return dict(cond)

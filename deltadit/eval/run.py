@@ -81,9 +81,7 @@ def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditi
     """(len(prompts) * per_class, H, W) images in [0, 1], batched per prompt; image k of a prompt uses
     seed + k, so every row draws from the same noise."""
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from deltadit.runtime.loop import denoise, make_scheduler
+    from deltadit.runtime.loop import denoise, prepare
 
     m = bundle.manifest
     side, ch = m["export"]["latent_side"], bundle.config["in_channels"]
@@ -92,10 +90,8 @@ def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditi
         cond, uncond = conditioner(prompt)
         cond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in cond.items()}
         uncond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in uncond.items()}
-        scheduler = make_scheduler(m["sampling"]["scheduler"], m["sampling"]["scheduler_config"])
-        scheduler.set_timesteps(bundle.plan.num_steps)
-        latents = torch.cat([randn_tensor((1, ch, side, side), generator=torch.Generator().manual_seed(seed + k))
-                             for k in range(per_class)]) * scheduler.init_noise_sigma
+        scheduler, latents = prepare(m["sampling"], bundle.plan.num_steps, (per_class, ch, side, side),
+                                     [torch.Generator().manual_seed(seed + k) for k in range(per_class)])
         with torch.no_grad():
             x = denoise(bundle.executor(), bundle.spec, bundle.config, scheduler, latents, cond, uncond,
                         m["sampling"]["guidance_scale"])
@@ -172,7 +168,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     from deltadit.runtime import load
     from deltadit.runtime.generation import TextConditioner, components_root
 
-    root, looked = components_root({"model": {"source": preset.source, "random_init": False}}, None)
+    root, looked = components_root(preset.source)
     if root is None or not (root / "classes.json").is_file():
         raise DeltaDiTError(f"eval | model '{preset.name}' has no classes.json in its folder (looked in {looked}). "
                             "Expected: the embedded animal model (--model animals).")

@@ -5,7 +5,6 @@ import json
 import types
 
 import pytest
-import torch
 
 pytest.importorskip("onnxruntime")
 
