@@ -85,6 +85,7 @@ class TextConditioner:
         self.tokenizer = AutoTokenizer.from_pretrained(_need(root, looked, "tokenizer", "tokenizer"))
         self.encoder = T5EncoderModel.from_pretrained(_need(root, looked, "text encoder", "text_encoder")).eval()
         self.text_len = text_len
+        self._uncond = None
 
     def encode(self, text: str) -> dict:
         import torch
@@ -96,7 +97,9 @@ class TextConditioner:
         return {"encoder_hidden_states": embeds.float(), "encoder_attention_mask": tokens.attention_mask}
 
     def __call__(self, prompt: str) -> tuple[dict, dict]:
-        return self.encode(prompt), self.encode("")
+        if self._uncond is None:  # the negative prompt "" is the same for every call
+            self._uncond = self.encode("")
+        return self.encode(prompt), self._uncond
 
 
 class ClassConditioner:
