@@ -5,7 +5,8 @@
 PixArt-α 512 dimensions (hidden 1152, 16 heads, 1024 tokens, caption 120), random seeded weights,
 batch 2 (the CFG batch). Exports one group of ``--blocks`` blocks twice with deltadit-export's stages
 (FP32, and INT8 calibrated with the plan on), then times each group session on the same inputs:
-warm-up runs, then the median of ``--repeats`` runs. PyTorch eager fp32 and bf16 autocast of the
+warm-up runs, then the median of ``--repeats`` interleaved rounds; each ONNX group runs both as exported and
+as the fused-attention variant ONNX Runtime loads by default (export/fuse.py). PyTorch eager fp32 and bf16 autocast of the
 same FP group are timed alongside for reference. Prints a table and the ratios; --json writes them.
 """
 
@@ -19,15 +20,19 @@ import time
 from pathlib import Path
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
+def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
+    """ms per call, median over ``repeats`` rounds; each round runs every variant once, so drift on a shared
+    machine hits all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - tic) * 1e3)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            tic = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - tic) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -74,30 +79,41 @@ def main() -> None:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if args.threads:
             opts.intra_op_num_threads = args.threads
-        results = {}
+        fns = {}
+        manifests = {name: json.loads((tmp / name / "manifest.json").read_text()) for name in ("fp", "q")}
         for name in ("fp", "q"):
-            sess = ort.InferenceSession(str(tmp / name / "onnx" / f"{group}.onnx"), opts, providers=["CPUExecutionProvider"])
-            wanted = {i.name for i in sess.get_inputs()}
-            np_in = {k: v.numpy() for k, v in args_in.items() if k in wanted}
-            results["ort_fp32" if name == "fp" else "ort_int8"] = median_ms(lambda: sess.run(None, np_in), args.warmup, args.repeats)
+            entry = next(e for e in manifests[name]["segments"] if e["name"] == group)
+            graphs = {"": entry["files"][0]["path"], "_mha": entry.get("ort_graph", {}).get("path")}
+            for suffix, rel in graphs.items():
+                if rel is None:
+                    continue
+                sess = ort.InferenceSession(str(tmp / name / rel), opts, providers=["CPUExecutionProvider"])
+                wanted = {i.name for i in sess.get_inputs()}
+                np_in = {k: v.numpy() for k, v in args_in.items() if k in wanted}
+                fns[("ort_fp32" if name == "fp" else "ort_int8") + suffix] = lambda s=sess, f=np_in: s.run(None, f)
         module = s.modules[group]
+
+        def bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                module(*args_in.values())
+
+        fns["torch_fp32"] = lambda: module(*args_in.values())
+        fns["torch_bf16"] = bf16
         with torch.no_grad():
-            results["torch_fp32"] = median_ms(lambda: module(*args_in.values()), args.warmup, args.repeats)
-
-            def bf16():
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    module(*args_in.values())
-
-            results["torch_bf16"] = median_ms(bf16, args.warmup, args.repeats)
+            results = interleaved_medians(fns, args.warmup, args.repeats)
 
     ref = results["ort_fp32"]
     print(f"{args.blocks} PixArt-α blocks at 512 px (1024 tokens, hidden 1152), batch 2, random init; "
           f"median of {args.repeats} after {args.warmup} warm-up; ORT {ort.__version__}, torch {torch.__version__}")
     print(f"{'variant':<28}{'ms':>10}{'speed-up vs ORT FP32':>24}")
-    labels = {"ort_fp32": "ONNX Runtime FP32", "ort_int8": "ONNX Runtime INT8 QDQ", "torch_fp32": "PyTorch eager fp32",
-              "torch_bf16": "PyTorch bf16 autocast"}
+    labels = {"ort_fp32": "ONNX Runtime FP32", "ort_fp32_mha": "  + fused attention", "ort_int8": "ONNX Runtime INT8 QDQ",
+              "ort_int8_mha": "  + fused attention", "torch_fp32": "PyTorch eager fp32", "torch_bf16": "PyTorch bf16 autocast"}
     for k, label in labels.items():
-        print(f"{label:<28}{results[k]:>10.1f}{ref / results[k]:>23.2f}x")
+        if k in results:
+            print(f"{label:<28}{results[k]:>10.1f}{ref / results[k]:>23.2f}x")
+    for k in ("fp32", "int8"):
+        if f"ort_{k}_mha" in results:
+            print(f"fused attention ({k}): {results[f'ort_{k}'] / results[f'ort_{k}_mha']:.2f}x on the group")
     k = q_info["kernels"][group]
     print(f"INT8 ratio (ORT FP32 / ORT INT8): {ref / results['ort_int8']:.2f}x; int8 kernels {k['int8_matmuls']}, "
           f"quantized-but-FP32 MatMuls {k['fp_matmuls_with_qdq']}; held-out SQNR {q_info['quality'][group]['sqnr_db']:.1f} dB "

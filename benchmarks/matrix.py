@@ -2,6 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/matrix.py --model animals            # the shipped model
     PYTHONPATH=. .venv/bin/python benchmarks/matrix.py --model pixart --layers 8  # PixArt-α 512 dims, random init
+    PYTHONPATH=. .venv/bin/python benchmarks/matrix.py --model pixart --calib-count 1 --repeats 1 \
+        --configs 'torch-bf16*,ort *' --memory 'ort *+delta-dit'                  # all 28 blocks (~1 h here)
 
 Exports (or reuses) an FP32 and an INT8 bundle with the preset's Δ-DiT plan, then runs `deltadit bench`
 on both: unmodified PyTorch fp32 / bf16, PyTorch bf16 + Δ-DiT, each bundle uncached and with its plan;
@@ -26,6 +28,9 @@ def main() -> None:
     p.add_argument("--calib-count", type=int, default=2)
     p.add_argument("--work", default="bundles/bench")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--configs", help="passed to deltadit bench --configs (default: every configuration)")
+    p.add_argument("--memory", default="*", help="passed to deltadit bench --memory: configurations to probe "
+                                                 "for peak RSS ('' for none)")
     args = p.parse_args()
 
     from deltadit import bench
@@ -52,8 +57,11 @@ def main() -> None:
     print(f"bundles ready in {time.perf_counter() - tic:.0f} s")
     results = Path(args.out)
     results.mkdir(parents=True, exist_ok=True)
-    bench.main([str(work / "fp32"), str(work / "int8"), "--repeats", str(args.repeats), "--memory",
-                "--json", str(results / f"{name}.json"), "--chart", str(results / f"{name}.png")])
+    argv = [str(work / "fp32"), str(work / "int8"), "--repeats", str(args.repeats),
+            "--json", str(results / f"{name}.json"), "--chart", str(results / f"{name}.png")]
+    argv += ["--configs", args.configs] if args.configs else []
+    argv += ["--memory", args.memory] if args.memory else []
+    bench.main(argv)
     summary = json.loads((results / f"{name}.json").read_text())
     header = (f"{preset.description}: {nb} of {nb_all} blocks, N_c = {nc}, b = {preset.b}, {preset.steps} steps, "
               f"{'random-init weights (timing only)' if random_init else 'trained weights'}; median of {args.repeats} rounds.\n\n")

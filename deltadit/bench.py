@@ -109,16 +109,22 @@ def path_steps(plan) -> dict:
     return out
 
 
-def time_paths(executor, feeds) -> dict:
-    """Wall time of one step of each path (a cached step runs right after its plan's preceding full step)."""
-    out = {}
+def time_paths(executor, feeds, runner=None) -> tuple[dict, dict]:
+    """Wall time of one step of each path (a cached step runs right after its plan's preceding full step),
+    and, given the executor's runner, the summed time of the segment calls inside that step."""
+    out, inside = {}, {}
     for name, i in path_steps(executor.plan).items():
         if executor.plan.steps[i].cached is not None:
             executor.step(max(j for j in range(i) if executor.plan.steps[j].cached is None), feeds)
+        if runner is not None:
+            runner.trace = []
         tic = time.perf_counter()
         executor.step(i, feeds)
         out[name] = time.perf_counter() - tic
-    return out
+        if runner is not None:
+            inside[name] = sum(t for _, t in runner.trace)
+            runner.trace = None
+    return out, inside
 
 
 def time_segments(bundle, feeds) -> dict:
@@ -151,7 +157,7 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
     from tqdm import tqdm
 
     for c in configs:
-        c.results = {"loop": [], "paths": {}, "segments": {}}
+        c.results = {"loop": [], "paths": {}, "segments": {}, "in_step": {}}
         c.executor = c.executor_factory()
         c.feeds = step_feeds(c.bundle)
     for c in configs:  # warm-up (sessions, allocators, autocast caches)
@@ -159,12 +165,19 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
             time_paths(c.executor, c.feeds)
             if c.backend == "onnxrt":
                 time_segments(c.bundle, c.feeds)
+    timed_segments = {}
+    for c in configs:
+        if c.backend == "onnxrt":
+            timed_segments.setdefault(id(c.bundle), c)
     bar = tqdm(total=repeats * len(configs), desc="bench rounds", disable=not progress)
     for _ in range(repeats):
         for c in configs:
-            for k, v in time_paths(c.executor, c.feeds).items():
+            paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend == "onnxrt" else None)
+            for k, v in paths.items():
                 c.results["paths"].setdefault(k, []).append(v)
-            if c.backend == "onnxrt" and not c.cached:
+            for k, v in inside.items():
+                c.results["in_step"].setdefault(k, []).append(v)
+            if c is timed_segments.get(id(c.bundle)):  # once per bundle and round
                 for k, v in time_segments(c.bundle, c.feeds).items():
                     c.results["segments"].setdefault(k, []).append(v)
             if loops:
@@ -193,12 +206,21 @@ def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
         segs = seg_medians.get(id(c.bundle)) if c.backend == "onnxrt" else None
         if segs:
             r["segments_s"] = segs
-            overhead = {}
+            overhead, runtime_share, in_sequence = {}, {}, {}
             for name, i in path_steps(c.plan if c.cached else c.executor.plan).items():
                 step = (c.plan if c.cached else c.executor.plan).steps[i]
                 total = segment_sum(step, segs, c.bundle)
                 overhead[name] = r["paths_s"][name] / total - 1
+                if c.results["in_step"].get(name):
+                    inside = med(c.results["in_step"][name])
+                    # the profile of that overhead: the runtime's own work (Python, Δ arithmetic, binding)
+                    # vs the same segment calls being slower inside a step than when timed alone
+                    runtime_share[name] = (r["paths_s"][name] - inside) / total
+                    in_sequence[name] = inside / total - 1
             r["overhead_vs_segments"] = overhead
+            if runtime_share:
+                r["overhead_runtime"] = runtime_share
+                r["overhead_segments_in_step"] = in_sequence
         out["configs"][c.name] = r
     base = next((n for n in ("torch-fp32",) if n in by_name), configs[0].name)
     for name, r in out["configs"].items():
@@ -220,7 +242,10 @@ def format_report(summary: dict) -> str:
         paths = r["paths_s"]
         full = paths.get("full", float("nan"))
         cached = ", ".join(f"{k.replace('cached ', '')} {v:.3f}" for k, v in paths.items() if k != "full") or "—"
-        over = ", ".join(f"{k.replace('cached ', '')} {100 * v:+.1f}%" for k, v in r.get("overhead_vs_segments", {}).items()) or "—"
+        rt, seq = r.get("overhead_runtime", {}), r.get("overhead_segments_in_step", {})
+        over = ", ".join(f"{k.replace('cached ', '')} {100 * v:+.1f}%" + (f" (runtime {100 * rt[k]:+.1f}%, segments in step "
+                                                                          f"{100 * seq[k]:+.1f}%)" if k in rt else "")
+                         for k, v in r.get("overhead_vs_segments", {}).items()) or "—"
         loop = f"{r['loop_s']:.3f}" if r["loop_s"] else "—"
         vb = r.get("speedup_vs_" + summary["baseline"])
         vs = r.get("speedup_vs_uncached_same_backend")
@@ -294,22 +319,24 @@ def build_configs(bundles: list[str], torch_baselines: bool, bf16_plan: bool) ->
     return configs
 
 
+def select_configs(configs: list[Config], patterns: str) -> list[Config]:
+    import fnmatch
+
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    kept = [c for c in configs if any(fnmatch.fnmatchcase(c.name, p) for p in wanted)]
+    if not kept:
+        raise DeltaDiTError(f"bench --configs | '{patterns}' matches no configuration. Expected: patterns over "
+                            + ", ".join(repr(c.name) for c in configs) + ".")
+    return kept
+
+
 def _torch_model(bundle):
     """The bundle's transformer in PyTorch: the same seeded random weights (as the exporter built them),
     or the source weights."""
-    import diffusers
-    import torch
-
-    from deltadit.presets import resolve_source
+    from deltadit.export.load import build_transformer
 
     m = bundle.manifest["model"]
-    cls = getattr(diffusers, m["diffusers_class"])
-    if m["random_init"]:
-        torch.manual_seed(m["seed"] or 0)
-        return cls(**m["config"]).eval()
-    source = Path(resolve_source(m["source"]))
-    folder = source / "transformer" if (source / "transformer").is_dir() else source
-    return cls.from_pretrained(folder).eval()
+    return build_transformer(m["arch"], m["config"], m["source"], m["random_init"], m["seed"] or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--no-loops", action="store_true", help="time step paths and segments only (no whole loops)")
-    p.add_argument("--memory", action="store_true", help="peak RSS per configuration (one fresh process each)")
+    p.add_argument("--memory", nargs="?", const="*", metavar="PATTERNS",
+                   help="peak RSS per configuration (one fresh process each, running one loop); optionally only "
+                        "for the configurations matching these comma-separated patterns")
+    p.add_argument("--configs", help="only the configurations whose names match these comma-separated shell patterns, "
+                                     "e.g. 'ort *' or 'torch-bf16*,ort int8*' (names as in the report)")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--chart", help="write a PNG bar chart of loop speed-ups here")
     p.add_argument("--_memory-probe", nargs="+", help=argparse.SUPPRESS)
@@ -337,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.bundles:
         raise DeltaDiTError("bench | no bundle given. Expected: deltadit bench BUNDLE [BUNDLE...] (e.g. an FP and an INT8 export).")
     configs = build_configs(args.bundles, not args.no_torch, True)
+    if args.configs:
+        configs = select_configs(configs, args.configs)
     first = configs[0].bundle
     ex = first.manifest["export"]
     block = first.spec.block_macs(first.config, ex["text_len"], ex["latent_side"] * 8)
@@ -345,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.update({"repeats": args.repeats, "warmup": args.warmup, "bundles": args.bundles,
                     "random_init": bool(first.manifest["model"]["random_init"]), "model": first.manifest["model"]["preset"]})
     if args.memory:
-        for c in configs:
+        for c in select_configs(configs, args.memory):
             kind = ("torch" if c.backend == "torch" else "ort") + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else "")
             summary["configs"][c.name]["peak_rss_mib"] = peak_rss_mib([str(c.bundle.root), kind])
     print(format_report(summary))

@@ -73,10 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"bundle: {report.bundle}" + ("  [RANDOM-INIT WEIGHTS: for speed work only]" if args.random_init else ""))
     print(f"segments exported: {', '.join(report.exported) or '-'}; reused: {', '.join(report.reused) or '-'}")
+    import json
+
+    fused = {s["name"]: s["ort_graph"]["fused_attention"]
+             for s in json.loads((report.bundle / "manifest.json").read_text())["segments"] if s.get("ort_graph")}
     for name, outs in report.errors.items():
         worst = max(outs.values(), key=lambda e: e["rel"])
         size = sum(f.stat().st_size for f in (report.bundle / "onnx").glob(f"{name}.onnx*"))
-        print(f"  {name:<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {worst['rel']:.1e}")
+        print(f"  {name:<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {worst['rel']:.1e}"
+              + (f"   ONNX Runtime graph: {fused[name]} attention(s) fused" if name in fused else ""))
     from deltadit.costs import format_macs, plan_costs
     from deltadit.models import get_spec
 

@@ -137,7 +137,7 @@ def guard(fp_split, plan, preset, runner, work: Path, manifest: dict, holdout: d
                           lambda feeds, _n=seg.name: runner.infer(_n, feeds)["hidden_states"].numpy(), samples)
         quality[seg.name] = q
         entry = next(e for e in manifest["segments"] if e["name"] == seg.name)
-        kernels[seg.name] = int8_kernels(work / entry["files"][0]["path"])
+        kernels[seg.name] = int8_kernels(work / runner.graph_path(entry))  # the graph ONNX Runtime runs
         if not q["sqnr_db"] >= options.min_sqnr_db:
             failures.append(f"segment {seg.name} | INT8 SQNR {q['sqnr_db']:.1f} dB on held-out inputs (relative error "
                             f"{q['rel_err']:.2e} on the group's change) is below {options.min_sqnr_db} dB. Expected: "

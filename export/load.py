@@ -24,16 +24,23 @@ def load_transformer(preset: Preset, weights: str | None, random_init: bool, see
     architecture with seeded random weights instead (for speed work; marked in the manifest).
     Nothing is downloaded.
     """
+    return build_transformer(preset.arch, preset.transformer, weights or preset.source, random_init, seed)
+
+
+def build_transformer(arch: str, config: dict, source: str, random_init: bool, seed: int = 0):
+    """The ``arch`` transformer: ``config`` with seeded random weights, or the weights at ``source`` (a
+    local folder, ``embedded:NAME`` or a hub id already in the cache). A bundle's manifest holds all four
+    (model.arch / config / source / random_init + seed), so the runtime rebuilds its PyTorch twin with this."""
     import diffusers
     import torch
 
-    cls = getattr(diffusers, get_spec(preset.arch).diffusers_class)
+    cls = getattr(diffusers, get_spec(arch).diffusers_class)
     if random_init:
         torch.manual_seed(seed)
-        return cls(**preset.transformer).eval()
+        return cls(**config).eval()
     from deltadit.presets import resolve_source
 
-    source = resolve_source(weights or preset.source)
+    source = resolve_source(source)
     looked = []
     local = Path(source)
     for folder in (local / "transformer", local):

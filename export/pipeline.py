@@ -112,6 +112,7 @@ def export_bundle(
     from tqdm import tqdm
 
     from deltadit.export.load import load_transformer
+    from deltadit.export.fuse import fuse_attention
     from deltadit.export.onnx import compare, export_segment, onnx_output_names
     from deltadit.models import check_plan_fits
     from deltadit.models import split as split_model
@@ -177,11 +178,18 @@ def export_bundle(
         if done and done["key"] == key and all((work / f["path"]).is_file() and sha256_file(work / f["path"]) == f["sha256"]
                                                for f in done["files"]):
             report.reused.append(seg.name)
-            files = done["files"]
+            files, ort_graph = done["files"], done.get("ort_graph")
         else:
             written = export_segment(modules[seg.name], seg, args, path, opset)
+            ort_graph = None
+            if seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
+                fused_path = path.with_name(f"{seg.name}.ort.onnx")
+                fused = fuse_attention(path, fused_path)
+                if fused:
+                    written.append(fused_path)
+                    ort_graph = {"path": str(fused_path.relative_to(work)), "fused_attention": fused}
             files = [{"path": str(f.relative_to(work)), "sha256": sha256_file(f)} for f in written]
-            stages[seg.name] = {"key": key, "files": files}
+            stages[seg.name] = {"key": key, "files": files, "ort_graph": ort_graph}
             write_json_atomic(stages_path, stages)
             report.exported.append(seg.name)
         entries.append({
@@ -190,6 +198,7 @@ def export_bundle(
             "outputs": [_tensor_desc(n, outs[n], o) for n, o in zip(seg.outputs, onnx_output_names(seg))],
             "files": files,
             "precision": "int8" if int8_info and seg.name in int8_info["quantized"] else "fp32",
+            **({"ort_graph": ort_graph} if ort_graph else {}),
         })
     report.seconds["export"] = time.perf_counter() - tic
     stages_bar.update(1)

@@ -50,7 +50,8 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
     "CPUExecutionProvider"]; default CPU. io_binding: bind tensors by pointer so hidden states and
     deltas stay on the execution provider's device (False: copy through numpy). backend: "onnxrt" or
     "tensorrt" (engines from the bundle's cache, built from the ONNX on first load; runner_options go
-    to :class:`TensorRTRunner`, e.g. cuda_graph=True). Raises DeltaDiTError for a missing/corrupt file, a missing
+    to :class:`TensorRTRunner`, e.g. cuda_graph=True; for "onnxrt", fused_attention=False opens the standard
+    graphs instead of the fused-attention variants). Raises DeltaDiTError for a missing/corrupt file, a missing
     manifest or an unsupported format version."""
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
@@ -63,7 +64,7 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
         for s in manifest["segments"]
     )
     if backend == "onnxrt":
-        runner = OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding)
+        runner = OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding, **runner_options)
     elif backend == "tensorrt":
         from deltadit.runtime.runners.tensorrt import TensorRTRunner
 

@@ -70,6 +70,11 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (AMX CPUs)")
     p.add_argument("--init", help="continue from this folder's transformer/ and text_encoder/ (its train_log.json is extended)")
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--snr-gamma", type=float, default=0.0,
+                   help="Min-SNR-γ loss weighting (Hang et al., 2023): weight min(SNR, γ)/SNR per sample, which "
+                        "shifts the ε-loss towards high-noise steps, where the class is decided; 0 = plain MSE")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also write the EMA weights and log to --out every this many steps (0: only at the end)")
     args = p.parse_args()
 
     import copy
@@ -109,7 +114,7 @@ def main() -> None:
     log = {"args": vars(args), "loss": [], "seconds": []}
     if args.init and (Path(args.init) / "train_log.json").is_file():  # one log across runs
         prev = json.loads((Path(args.init) / "train_log.json").read_text())
-        log["previous_runs"] = prev.get("previous_runs", []) + [{"args": prev["args"], "steps": len(prev["loss"]),
+        log["previous_runs"] = prev.get("previous_runs", []) + [{"args": prev["args"], "steps": len(prev["loss"]) - prev.get("previous_loss_steps", 0),
                                                                  "seconds": prev["total_seconds"]}]
         log["loss"] = prev["loss"]
         log["previous_loss_steps"] = len(prev["loss"])
@@ -133,7 +138,11 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             emb, mask = encode(tokenizer, text_encoder, prompts)
             pred = transformer(xt, encoder_hidden_states=emb, timestep=t, encoder_attention_mask=mask).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        if args.snr_gamma > 0:
+            snr = alphas[t] / (1 - alphas[t])
+            per_sample = per_sample * snr.clamp(max=args.snr_gamma) / snr
+        loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -148,8 +157,13 @@ def main() -> None:
         if step % 50 == 0 or step == args.steps - 1:
             recent = np.mean(log["loss"][-50:])  # (across runs when continuing)
             print(f"step {step:5d}  loss {recent:.4f}  {time.perf_counter() - tic:7.0f} s", flush=True)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save(Path(args.out), ema_t, ema_e, tokenizer, scheduler, log, tic, completed=step + 1)
 
-    out = Path(args.out)
+    save(Path(args.out), ema_t, ema_e, tokenizer, scheduler, log, tic, completed=args.steps)
+
+
+def save(out: Path, ema_t, ema_e, tokenizer, scheduler, log: dict, tic: float, completed: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ema_t.save_pretrained(out / "transformer")
     ema_e.save_pretrained(out / "text_encoder")
@@ -157,8 +171,9 @@ def main() -> None:
     scheduler.save_pretrained(out / "scheduler")
     (out / "classes.json").write_text(json.dumps(list(CLASSES)))
     log["total_seconds"] = time.perf_counter() - tic
+    log["completed_steps"] = completed  # of this run's --steps (a checkpoint when smaller)
     (out / "train_log.json").write_text(json.dumps(log))
-    print(f"wrote {out} ({log['total_seconds'] / 60:.1f} min)")
+    print(f"wrote {out} after {completed} steps ({log['total_seconds'] / 60:.1f} min)", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ def test_bench_times_every_configuration(tmp_path, capsys):
     # The plan has two cached paths (deep range while t <= b, shallow after), each timed and costed.
     assert set(cached["paths_s"]) == {"full", "cached [3,6)", "cached [0,3)"}
     assert set(cached["overhead_vs_segments"]) == set(cached["paths_s"])
+    # The overhead's profile: the runtime's own share (each step's time minus its segment calls, so > 0)
+    # plus the segment calls being slower in the step than alone; the two add up to the overhead.
+    for path, over in cached["overhead_vs_segments"].items():
+        assert cached["overhead_runtime"][path] > 0
+        assert cached["overhead_runtime"][path] + cached["overhead_segments_in_step"][path] == pytest.approx(over)
     assert cached["bound"] == pytest.approx(120 / 90)  # 20 steps x 6 blocks vs 10 x 6 + 10 x 3
     assert "overhead_vs_segments" not in s["configs"]["torch-fp32"]
     assert s["configs"]["torch-fp32"]["speedup_vs_torch-fp32"] == 1.0
@@ -38,3 +43,29 @@ def test_bench_needs_a_bundle():
 
     with pytest.raises(DeltaDiTError, match="no bundle given"):
         bench.main([])
+
+
+def test_bench_configs_filter(tmp_path, capsys):
+    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
+    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+    out = tmp_path / "bench.json"
+    assert bench.main([str(tmp_path / "fp"), "--repeats", "1", "--configs", "ort *+delta-dit,torch-bf16", "--json", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert list(s["configs"]) == ["torch-bf16", "ort fp (fp32)+delta-dit"]
+    # segments are timed once per bundle even when only its cached configuration runs
+    assert "overhead_vs_segments" in s["configs"]["ort fp (fp32)+delta-dit"]
+    from deltadit.errors import DeltaDiTError
+
+    with pytest.raises(DeltaDiTError, match="matches no configuration.*'ort fp \\(fp32\\)'"):
+        bench.main([str(tmp_path / "fp"), "--no-torch", "--configs", "nothing*"])
+
+
+def test_bench_memory_for_selected_configurations(tmp_path):
+    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
+    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+    out = tmp_path / "bench.json"
+    assert bench.main([str(tmp_path / "fp"), "--no-torch", "--repeats", "1", "--no-loops", "--memory", "ort *+delta-dit",
+                       "--json", str(out)]) == 0
+    s = json.loads(out.read_text())["configs"]
+    assert "peak_rss_mib" not in s["ort fp (fp32)"]
+    assert s["ort fp (fp32)+delta-dit"]["peak_rss_mib"] > 50  # a fresh Python with torch + onnxruntime

@@ -7,6 +7,7 @@ Nothing touches a device before :meth:`activate`.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 
 from deltadit.errors import DeltaDiTError
@@ -20,6 +21,10 @@ class Runner(ABC):
     def __init__(self, segments: tuple[Segment, ...]):
         self.segments = {s.name: s for s in segments}
         self.is_active = False
+        # When a list: every infer() appends (segment, seconds of the call) -- the profile `deltadit bench`
+        # uses to split a step's time into segments and runtime overhead. On asynchronous GPU backends
+        # the seconds are those of the call, not of the device work.
+        self.trace: list | None = None
 
     # lifecycle -----------------------------------------------------------------------------------
     def activate(self) -> "Runner":
@@ -56,7 +61,12 @@ class Runner(ABC):
         missing = [n for n in seg.inputs if n not in feeds]
         if missing:
             raise DeltaDiTError(f"segment {segment} | missing input(s) {', '.join(missing)}. Expected: {', '.join(seg.inputs)}.")
-        return self._infer_impl(seg, {n: feeds[n] for n in seg.inputs})
+        if self.trace is None:
+            return self._infer_impl(seg, {n: feeds[n] for n in seg.inputs})
+        tic = time.perf_counter()
+        out = self._infer_impl(seg, {n: feeds[n] for n in seg.inputs})
+        self.trace.append((segment, time.perf_counter() - tic))
+        return out
 
     @abstractmethod
     def _infer_impl(self, segment: Segment, feeds: dict) -> dict:

@@ -24,7 +24,7 @@ class OnnxrtRunner(Runner):
     name = "onnxrt"
 
     def __init__(self, root: Path, manifest: dict, segments: tuple[Segment, ...], providers: list[str] | None = None,
-                 io_binding: bool = True, device_id: int = 0):
+                 io_binding: bool = True, device_id: int = 0, fused_attention: bool = True):
         super().__init__(segments)
         self.root = Path(root)
         self.entries = {s["name"]: s for s in manifest["segments"]}
@@ -33,6 +33,9 @@ class OnnxrtRunner(Runner):
         on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
         self.device = f"cuda:{device_id}" if on_gpu else "cpu"
         self.device_id = device_id
+        # The fused-attention graph (com.microsoft.MultiHeadAttention) where the bundle has one; not under
+        # TensorRT's execution provider, which would hand the contrib op back to CUDA and split the graph.
+        self.fused_attention = fused_attention and "TensorrtExecutionProvider" not in self.providers
         self.sessions: dict = {}
 
     def _activate_impl(self) -> None:
@@ -51,8 +54,14 @@ class OnnxrtRunner(Runner):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         provider_options = [{"device_id": self.device_id} if p in GPU_PROVIDERS else {} for p in self.providers]
         for name, entry in self.entries.items():
-            self.sessions[name] = ort.InferenceSession(str(self.root / entry["files"][0]["path"]), opts,
+            self.sessions[name] = ort.InferenceSession(str(self.root / self.graph_path(entry)), opts,
                                                        providers=self.providers, provider_options=provider_options)
+
+    def graph_path(self, entry: dict) -> str:
+        """The ONNX file this runner opens for a manifest segment entry."""
+        if self.fused_attention and entry.get("ort_graph"):
+            return entry["ort_graph"]["path"]
+        return entry["files"][0]["path"]
 
     def _deactivate_impl(self) -> None:
         self.sessions.clear()

@@ -1,0 +1,182 @@
+"""ONNX Runtime graph variant: unmasked attention fused into ``com.microsoft.MultiHeadAttention``.
+
+The bundle's ``<segment>.onnx`` stays standard ONNX (it is what TensorRT builds from). For ONNX Runtime
+the export also writes ``<segment>.ort.onnx``: the same graph, sharing the same external weight file, in
+which each unmasked scaled-dot-product attention that the legacy exporter spells out as
+
+    Reshape -> Transpose -> Mul(scale)  (q, k, v)
+    MatMul(q, k^T) -> Softmax -> MatMul(., v) -> Transpose -> Reshape
+
+is one ``MultiHeadAttention`` node (ONNX Runtime contrib op; its CPU kernel computes softmax(q k^T) v
+tile by tile instead of materialising the whole score tensor through separate ops). Attention with an
+additive mask (PixArt's cross-attention to the caption) is left as it is: the contrib op wants that
+bias expanded to [batch, heads, queries, keys], and with the expansion it measured slower than the
+unfused graph on this CPU (benchmarks/int8_groups.py prints both variants).
+
+The fused graph is checked against PyTorch at the export's tolerance like every other graph.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+MS_DOMAIN = "com.microsoft"
+
+
+def fuse_attention(src: Path, dst: Path) -> int:
+    """Write ``dst``: ``src`` with its unmasked attention fused. Returns how many were fused; when none
+    are, nothing is written. ``dst`` must be in ``src``'s folder (it reuses ``src``'s external data)."""
+    import onnx
+
+    src, dst = Path(src), Path(dst)
+    if src.parent.resolve() != dst.parent.resolve():
+        raise ValueError(f"{dst} | must be next to {src}: the fused graph refers to the same external weight file")
+    model = onnx.load(str(src), load_external_data=False)
+    fused = _fuse(model)
+    if fused:
+        if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+        tmp = dst.with_name(dst.name + ".tmp")
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))  # by path: external data resolves next to it
+        tmp.replace(dst)
+    return fused
+
+
+def _fuse(model) -> int:
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    consts = {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = next((a.t for a in n.attribute if a.name == "value"), None)
+    shapes = _shapes(model)
+
+    def only_consumer(name: str, op: str):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    def perm(node) -> list[int] | None:
+        return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+    def split_heads(name: str, want_perm: list[int]):
+        """name = [Mul(.., s)] of Transpose(want_perm) of Reshape(x3) -> (x3, scale or None, transposed name)."""
+        node, scale = producer.get(name), 1.0
+        if node is not None and node.op_type == "Mul":
+            const = [i for i in node.input if i in consts and consts[i] is not None]
+            if len(const) == 1:
+                scale = float(numpy_helper.to_array(consts[const[0]]).reshape(-1)[0])
+                other = [i for i in node.input if i != const[0]][0]
+            else:
+                scale = None  # computed in the graph (from the head size): SDPA's default scale
+                other = node.input[0]
+            node = producer.get(other)
+        if node is None or node.op_type != "Transpose" or perm(node) != want_perm:
+            return None
+        reshape = producer.get(node.input[0])
+        if reshape is None or reshape.op_type != "Reshape":
+            return None
+        return reshape.input[0], scale, node.output[0]
+
+    new_nodes, count = [], 0
+    for sm in [n for n in graph.node if n.op_type == "Softmax"]:
+        axis = next((a.i for a in sm.attribute if a.name == "axis"), -1)
+        scores = producer.get(sm.input[0])
+        if axis not in (-1, 3) or scores is None or scores.op_type != "MatMul":  # masked (Add) or other: keep
+            continue
+        q = split_heads(scores.input[0], [0, 2, 1, 3])
+        k = split_heads(scores.input[1], [0, 2, 3, 1])
+        ctx = only_consumer(sm.output[0], "MatMul")
+        if q is None or k is None or ctx is None or ctx.input[0] != sm.output[0]:
+            continue
+        v = split_heads(ctx.input[1], [0, 2, 1, 3])
+        merge_t = only_consumer(ctx.output[0], "Transpose")
+        if v is None or v[1] != 1.0 or merge_t is None or perm(merge_t) != [0, 2, 1, 3]:
+            continue
+        merge_r = only_consumer(merge_t.output[0], "Reshape")
+        heads = _heads(producer[producer[q[2]].input[0]], producer, consts, shapes, q[2])
+        if merge_r is None or not heads:
+            continue
+        attrs = {"num_heads": heads}
+        if q[1] is not None and k[1] is not None:  # explicit constants: keep their product
+            attrs["scale"] = q[1] * k[1]
+        elif (q[1] is None) != (k[1] is None):
+            continue  # one side computed, the other constant: not SDPA's pattern
+        mha = helper.make_node("MultiHeadAttention", [q[0], k[0], v[0]], [merge_r.output[0]],
+                               name=f"{sm.name or 'attention'}/FusedMHA", domain=MS_DOMAIN, **attrs)
+        new_nodes.append((merge_r, mha))
+        count += 1
+    for old, mha in new_nodes:
+        index = list(graph.node).index(old)
+        graph.node.remove(old)
+        graph.node.insert(index, mha)
+    if count:
+        _prune(graph)
+    return count
+
+
+def _heads(reshape, producer, consts, shapes, transposed: str) -> int | None:
+    """The head count of a [batch, seq, heads * dim] -> [batch, seq, heads, dim] Reshape: from shape inference
+    when it resolved the split shape, else from the Reshape's target (a constant, or a Concat whose third
+    element is one, as the legacy exporter writes ``view(batch, -1, heads, head_dim)``)."""
+    from onnx import numpy_helper
+
+    shape = shapes.get(transposed)  # [batch, heads, seq, dim]
+    if shape and len(shape) == 4 and isinstance(shape[1], int):
+        return shape[1]
+    target = reshape.input[1]
+    if target in consts and consts[target] is not None:
+        values = numpy_helper.to_array(consts[target]).reshape(-1)
+        return int(values[2]) if len(values) == 4 and values[2] > 0 else None
+    concat = producer.get(target)
+    if concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+        return None
+    third = concat.input[2]
+    if third in consts and consts[third] is not None:
+        value = numpy_helper.to_array(consts[third]).reshape(-1)
+        return int(value[0]) if value.size == 1 and value[0] > 0 else None
+    return None
+
+
+def _shapes(model) -> dict[str, list]:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - no shapes: nothing is fused
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return out
+
+
+def _prune(graph) -> None:
+    """Drop nodes none of whose outputs are used (repeatedly), and initializers nothing reads."""
+    keep_outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | keep_outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+
+
+def count_ops(path: Path, op_type: str) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(n.op_type == op_type for n in model.graph.node)
+

@@ -1,0 +1,126 @@
+"""The ONNX Runtime fused-attention graph variant (export/fuse.py)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from deltadit import runtime
+from deltadit.errors import DeltaDiTError
+from deltadit.export.fuse import count_ops, fuse_attention
+from deltadit.export.pipeline import export_bundle
+from deltadit.plan import build_plan
+from tests.export.test_bundle import BLOCKS, STEPS, generate, tiny_preset
+
+
+@pytest.fixture(scope="module", params=["pixart", "dit"])
+def bundle(request, tmp_path_factory):
+    arch = request.param
+    out = tmp_path_factory.mktemp(arch) / "b"
+    export_bundle(tiny_preset(arch), build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit"), out, random_init=True,
+                  progress=False)
+    return arch, out
+
+
+def test_groups_get_a_fused_graph_with_one_mha_per_self_attention(bundle):
+    arch, root = bundle
+    m = json.loads((root / "manifest.json").read_text())
+    for seg in m["segments"]:
+        if seg["kind"] != "group":
+            assert "ort_graph" not in seg  # head and tail have no attention
+            continue
+        blocks = seg["block_range"][1] - seg["block_range"][0]
+        fused = root / seg["ort_graph"]["path"]
+        assert seg["ort_graph"]["fused_attention"] == blocks
+        assert count_ops(fused, "MultiHeadAttention") == blocks
+        # PixArt's cross-attention carries the caption mask and stays unfused; DiT has none
+        assert count_ops(fused, "Softmax") == (blocks if arch == "pixart" else 0)
+        assert count_ops(root / seg["files"][0]["path"], "Softmax") == blocks * (2 if arch == "pixart" else 1)
+        assert seg["ort_graph"]["path"] in {f["path"] for f in seg["files"]}  # under the integrity check
+
+
+def test_fused_and_standard_graphs_agree_and_the_default_is_fused(bundle):
+    arch, root = bundle
+    fused, plain = runtime.load(root), runtime.load(root, fused_attention=False)
+    assert fused.runner.fused_attention and not plain.runner.fused_attention
+    preset = tiny_preset(arch)
+    a = generate(fused.executor(), preset, fused.config)
+    b = generate(plain.executor(), preset, plain.config)
+    rel = float((a - b).abs().max() / b.abs().max())
+    assert rel < 1e-5, rel
+
+
+def test_tensorrt_provider_opens_the_standard_graph(bundle):
+    from deltadit.runtime.runners.onnxrt import OnnxrtRunner
+
+    _, root = bundle
+    m = json.loads((root / "manifest.json").read_text())
+    group = next(s for s in m["segments"] if s["kind"] == "group")
+    trt = OnnxrtRunner(root, m, (), providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    cpu = OnnxrtRunner(root, m, ())
+    assert trt.graph_path(group) == group["files"][0]["path"]
+    assert cpu.graph_path(group) == group["ort_graph"]["path"]
+
+
+def test_a_changed_fused_graph_fails_the_integrity_check(bundle, tmp_path):
+    _, root = bundle
+    copy = tmp_path / "b"
+    shutil.copytree(root, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    fused = copy / next(s for s in m["segments"] if s["kind"] == "group")["ort_graph"]["path"]
+    fused.write_bytes(fused.read_bytes() + b"\0")
+    with pytest.raises(DeltaDiTError, match="sha256 does not match"):
+        runtime.load(copy)
+
+
+def test_graph_without_attention_is_left_alone(bundle, tmp_path):
+    _, root = bundle
+    shutil.copytree(root / "onnx", tmp_path / "onnx")
+    head = tmp_path / "onnx" / "head.onnx"
+    assert fuse_attention(head, head.with_name("head.ort.onnx")) == 0
+    assert not head.with_name("head.ort.onnx").exists()
+
+
+def test_fused_graph_must_sit_next_to_its_weights(bundle, tmp_path):
+    _, root = bundle
+    m = json.loads((root / "manifest.json").read_text())
+    src = root / next(s for s in m["segments"] if s["kind"] == "group")["files"][0]["path"]
+    with pytest.raises(ValueError, match="must be next to"):
+        fuse_attention(src, tmp_path / "elsewhere.onnx")
+
+
+def test_explicit_scale_constants_become_the_scale_attribute(tmp_path):
+    """A hand-built attention whose q and k are scaled by constants (not SDPA's default): the fused node
+    must carry their product, and match the unfused graph numerically."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    B, S, H, D = 2, 6, 2, 4
+    E = H * D
+    init = [numpy_helper.from_array(np.array([B, -1, H, D], np.int64), "s4"),
+            numpy_helper.from_array(np.array([B, -1, E], np.int64), "s3"),
+            numpy_helper.from_array(np.array(0.7, np.float32), "cq"),
+            numpy_helper.from_array(np.array(0.3, np.float32), "ck")]
+    nodes = []
+    for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [helper.make_node("Reshape", [n, "s4"], [n + "r"]), helper.make_node("Transpose", [n + "r"], [n + "t"], perm=perm)]
+    nodes += [helper.make_node("Mul", ["qt", "cq"], ["qs"]), helper.make_node("Mul", ["kt", "ck"], ["ks"]),
+              helper.make_node("MatMul", ["qs", "ks"], ["scores"]), helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vt"], ["ctx"]), helper.make_node("Transpose", ["ctx"], ["ctxt"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctxt", "s3"], ["out"])]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [B, S, E]) for n in "qkv"],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [B, S, E])], initializer=init)
+    src = tmp_path / "attn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(src))
+    dst = tmp_path / "attn.ort.onnx"
+    assert fuse_attention(src, dst) == 1
+    node = next(n for n in onnx.load(str(dst)).graph.node if n.op_type == "MultiHeadAttention")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["num_heads"] == H and attrs["scale"] == pytest.approx(0.21)
+    feeds = {n: np.random.default_rng(i).standard_normal((B, S, E)).astype(np.float32) for i, n in enumerate("qkv")}
+    ref, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0] for p in (src, dst))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
