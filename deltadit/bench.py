@@ -111,7 +111,7 @@ def path_steps(plan) -> dict:
 
 def time_paths(executor, feeds, runner=None) -> tuple[dict, dict]:
     """Wall time of one step of each path (a cached step runs right after its plan's preceding full step),
-    and, given the executor's runner, the summed time of the segment calls inside that step."""
+    and, given the executor's runner, the time of each segment call inside that step."""
     out, inside = {}, {}
     for name, i in path_steps(executor.plan).items():
         if executor.plan.steps[i].cached is not None:
@@ -122,7 +122,7 @@ def time_paths(executor, feeds, runner=None) -> tuple[dict, dict]:
         executor.step(i, feeds)
         out[name] = time.perf_counter() - tic
         if runner is not None:
-            inside[name] = sum(t for _, t in runner.trace)
+            inside[name] = dict(runner.trace)  # segment -> seconds inside this step (each runs once per step)
             runner.trace = None
     return out, inside
 
@@ -175,8 +175,8 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
             paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend == "onnxrt" else None)
             for k, v in paths.items():
                 c.results["paths"].setdefault(k, []).append(v)
-            for k, v in inside.items():
-                c.results["in_step"].setdefault(k, []).append(v)
+            for k, segs in inside.items():
+                c.results["in_step"].setdefault(k, []).append(segs)
             if c is timed_segments.get(id(c.bundle)):  # once per bundle and round
                 for k, v in time_segments(c.bundle, c.feeds).items():
                     c.results["segments"].setdefault(k, []).append(v)
@@ -212,7 +212,9 @@ def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
                 total = segment_sum(step, segs, c.bundle)
                 overhead[name] = r["paths_s"][name] / total - 1
                 if c.results["in_step"].get(name):
-                    inside = med(c.results["in_step"][name])
+                    rounds = c.results["in_step"][name]
+                    inside = med(sum(x.values()) for x in rounds)
+                    r.setdefault("segments_in_step_s", {})[name] = {k: med(x[k] for x in rounds) for k in rounds[0]}
                     # the profile of that overhead: the runtime's own work (Python, Δ arithmetic, binding)
                     # vs the same segment calls being slower inside a step than when timed alone
                     runtime_share[name] = (r["paths_s"][name] - inside) / total

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, help="largest batch an engine must accept (default: the CFG batch)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where TensorRT is available")
+    p.add_argument("--no-fused-attention", action="store_true",
+                   help="do not write the ONNX Runtime fused-attention graphs (<group>.ort.onnx)")
     q = p.add_argument_group("INT8 (NVIDIA ModelOpt; install the [int8] extra)")
     q.add_argument("--int8", action="store_true", help="quantize the block groups to INT8 (QDQ ONNX; TensorRT engines where available)")
     q.add_argument("--calibration", default="max", help="max | percentile | smoothquant (default max)")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or f"bundles/{preset.name}{'-int8' if args.int8 else ''}")
         report = export_bundle(preset, plan, out, weights=args.weights, random_init=args.random_init,
                                seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8,
-                               build_engines=not args.no_engines)
+                               build_engines=not args.no_engines, fuse=not args.no_fused_attention)
     except DeltaDiTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -95,6 +95,7 @@ def export_bundle(
     tolerance: float = 1e-4,
     int8_tolerance: float = 1e-2,
     build_engines: bool = True,
+    fuse: bool = True,
     progress: bool = True,
     int8=None,
 ) -> ExportReport:
@@ -106,7 +107,8 @@ def export_bundle(
     models and 1.25e-3 on the trained 12-block model; a wrong graph (a traced label dropout) gave 0.28.
     INT8-vs-FP quality is the separate SQNR guard. max_batch: recorded for engine builders (the ONNX batch axis is dynamic); default the
     CFG batch, which is also the optimisation point. int8: an :class:`Int8Options` to quantize the
-    block groups with ModelOpt (calibrated along the plan's trajectory), or None for FP32.
+    block groups with ModelOpt (calibrated along the plan's trajectory), or None for FP32. fuse: also
+    write each group's ONNX Runtime fused-attention graph (export/fuse.py), checked like the others.
     """
     import torch
     from tqdm import tqdm
@@ -172,7 +174,7 @@ def export_bundle(
     for seg in tqdm(s.segments, desc="export onnx", disable=not progress):
         args, outs = traced[seg.name]
         shapes = {n: list(t.shape) for n, t in args.items()}
-        key = segment_key(modules[seg.name], seg, shapes, opset, vers)
+        key = segment_key(modules[seg.name], seg, shapes, opset, vers) + ("-fused" if fuse else "")
         path = work / "onnx" / f"{seg.name}.onnx"
         done = stages.get(seg.name)
         if done and done["key"] == key and all((work / f["path"]).is_file() and sha256_file(work / f["path"]) == f["sha256"]
@@ -182,7 +184,7 @@ def export_bundle(
         else:
             written = export_segment(modules[seg.name], seg, args, path, opset)
             ort_graph = None
-            if seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
+            if fuse and seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
                 fused_path = path.with_name(f"{seg.name}.ort.onnx")
                 fused = fuse_attention(path, fused_path)
                 if fused:
@@ -233,8 +235,10 @@ def export_bundle(
         for name, err in entry["check"].items():
             tol = int8_tolerance if entry["precision"] == "int8" else tolerance
             if err["rel"] > tol:
+                fused = (f" in its fused-attention graph {entry['ort_graph']['path']} (export with --no-fused-attention "
+                         "to skip it)") if entry.get("ort_graph") else ""
                 failures.append(f"segment {seg.name} output {name} | ONNX Runtime differs from PyTorch by {err['rel']:.2e} "
-                                f"(relative; max abs {err['max_abs']:.2e}). Expected: <= {tol:.0e}.")
+                                f"(relative; max abs {err['max_abs']:.2e}){fused}. Expected: <= {tol:.0e}.")
     if int8 is not None and not failures:
         from deltadit.export.int8 import guard
 

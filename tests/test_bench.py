@@ -31,6 +31,10 @@ def test_bench_times_every_configuration(tmp_path, capsys):
     for path, over in cached["overhead_vs_segments"].items():
         assert cached["overhead_runtime"][path] > 0
         assert cached["overhead_runtime"][path] + cached["overhead_segments_in_step"][path] == pytest.approx(over)
+    # per segment inside each step: a cached step skips the groups of its range
+    assert set(cached["segments_in_step_s"]["full"]) == {"head", "blocks_00_03", "blocks_03_06", "tail"}
+    assert set(cached["segments_in_step_s"]["cached [3,6)"]) == {"head", "blocks_00_03", "tail"}
+    assert set(cached["segments_in_step_s"]["cached [0,3)"]) == {"head", "blocks_03_06", "tail"}
     assert cached["bound"] == pytest.approx(120 / 90)  # 20 steps x 6 blocks vs 10 x 6 + 10 x 3
     assert "overhead_vs_segments" not in s["configs"]["torch-fp32"]
     assert s["configs"]["torch-fp32"]["speedup_vs_torch-fp32"] == 1.0

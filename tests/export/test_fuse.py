@@ -124,3 +124,12 @@ def test_explicit_scale_constants_become_the_scale_attribute(tmp_path):
     feeds = {n: np.random.default_rng(i).standard_normal((B, S, E)).astype(np.float32) for i, n in enumerate("qkv")}
     ref, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0] for p in (src, dst))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_export_without_fusion_writes_only_standard_graphs(tmp_path):
+    export_bundle(tiny_preset("pixart"), build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit"), tmp_path / "b",
+                  random_init=True, progress=False, fuse=False)
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert not any("ort_graph" in s for s in m["segments"])
+    assert not list((tmp_path / "b" / "onnx").glob("*.ort.onnx"))
+    assert runtime.load(tmp_path / "b").runner.graph_path(m["segments"][1]) == m["segments"][1]["files"][0]["path"]
