@@ -57,3 +57,29 @@ def build_transformer(arch: str, config: dict, source: str, random_init: bool, s
         "Expected: --weights DIR (a diffusers model folder), a hub id already downloaded into the cache "
         "(set HF_HOME / HF_HUB_CACHE), or --random-init for seeded random weights."
     )
+
+
+def weights_fingerprint(source: str | None) -> str | None:
+    """sha256 over the weight and config files of a local source folder's transformer and text encoder
+    (the parts a bundle and its prompt encoding come from), or None for sources that are not a local
+    folder (hub ids, random init). Recorded in the manifest so that a bundle exported from other weights
+    than the folder now holds is recognised (eval reuse, generate's text encoder)."""
+    import hashlib
+
+    from deltadit.presets import resolve_source
+
+    if not source:
+        return None
+    root = Path(resolve_source(source))
+    if not root.is_dir():
+        return None
+    parts = [root / "transformer", root / "text_encoder"] if (root / "transformer").is_dir() else [root]
+    files = sorted(f for d in parts if d.is_dir() for f in d.iterdir()
+                   if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root)}\0".encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()

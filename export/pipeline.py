@@ -113,7 +113,7 @@ def export_bundle(
     import torch
     from tqdm import tqdm
 
-    from deltadit.export.load import load_transformer
+    from deltadit.export.load import load_transformer, weights_fingerprint
     from deltadit.export.fuse import fuse_attention
     from deltadit.export.onnx import compare, export_segment, onnx_output_names
     from deltadit.models import check_plan_fits
@@ -212,6 +212,7 @@ def export_bundle(
         "format_version": FORMAT_VERSION,
         "model": {"preset": preset.name, "arch": preset.arch, "diffusers_class": s.spec.diffusers_class,
                   "source": weights or preset.source, "random_init": random_init,
+                  "weights_sha256": None if random_init else weights_fingerprint(weights or preset.source),
                   "decoder": preset.decoder,
                   "seed": seed if random_init else None,
                   "config": {k: v for k, v in s.config.items() if not k.startswith("_")}},  # no _name_or_path etc.

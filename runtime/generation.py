@@ -165,6 +165,15 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     if conditioner is None or decoder is None:
         model = manifest["model"]
         root, looked = components_root(None if model.get("random_init") else model.get("source"), pipeline)
+        if not pipeline and model.get("weights_sha256"):
+            from deltadit.export.load import weights_fingerprint
+
+            now = weights_fingerprint(model["source"])
+            if now is not None and now != model["weights_sha256"]:
+                raise DeltaDiTError(
+                    f"bundle {bundle.root} | was exported from other weights than {model['source']} now holds, so its "
+                    "text encoder would not match the exported transformer. Expected: re-export the bundle "
+                    "(deltadit-export), or pass --pipeline DIR with the components it was exported with.")
         if conditioner is None:
             conditioner = (TextConditioner(root, looked, manifest["export"]["text_len"])
                            if spec.cond_input == "encoder_hidden_states" else ClassConditioner(config["num_embeds_ada_norm"]))

@@ -61,15 +61,17 @@ def rows_for(preset, names=ROWS) -> list[Row]:
 
 def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
     """Export (or reuse) the row's bundle."""
+    from deltadit.export.load import weights_fingerprint
     from deltadit.export.pipeline import export_bundle
     from deltadit.export.quantize import Int8Options
 
     slug = row.name.split(" ")[0]
     out = root / slug
     manifest = out / "manifest.json"
-    if manifest.is_file():
+    if manifest.is_file():  # reuse only a bundle of this plan and precision, exported from the same weights
         m = json.loads(manifest.read_text())
-        if m["plan"] == row.plan.to_dict() and m["precision"] == ("int8" if row.int8 else "fp32"):
+        if (m["plan"] == row.plan.to_dict() and m["precision"] == ("int8" if row.int8 else "fp32")
+                and m["model"].get("weights_sha256") == weights_fingerprint(preset.source)):
             return out
     p = preset.with_overrides(steps=row.plan.num_steps)
     export_bundle(p, row.plan, out, progress=False, build_engines=False,

@@ -116,3 +116,22 @@ def test_dit_generate_matches_diffusers_pipeline(tmp_path):
     plain = runtime.load(tmp_path / "b", io_binding=False)
     again = runtime.generate(plain, class_label=3, seed=4, cache=False, decoder=VaeDecoder(folder, []))
     assert np.abs(again.image - result.image).max() <= 1e-6
+
+
+def test_bundle_from_other_weights_than_its_source_now_holds_is_refused(tmp_path):
+    """The text encoder comes from the bundle's source folder at generate time; if that folder's weights
+    changed since the export, its encoder no longer matches the exported transformer."""
+    import shutil
+
+    from deltadit.export.load import weights_fingerprint
+
+    folder = save_pipeline_folder(tmp_path / "pipe", build_pixart())
+    export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "bundle", weights=str(folder), progress=False)
+    bundle = runtime.load(tmp_path / "bundle")
+    assert bundle.manifest["model"]["weights_sha256"] == weights_fingerprint(str(folder))
+    runtime.generate(bundle, prompt="a cat", seed=0)  # unchanged: fine
+    shutil.rmtree(folder / "transformer")
+    build_pixart(seed=1).save_pretrained(folder / "transformer")  # retrained / replaced weights
+    with pytest.raises(DeltaDiTError, match="exported from other weights.*re-export"):
+        runtime.generate(bundle, prompt="a cat", seed=0)
+    runtime.generate(bundle, prompt="a cat", seed=0, pipeline=folder)  # an explicit --pipeline is the user's call
