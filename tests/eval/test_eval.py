@@ -49,9 +49,9 @@ def PRESET_PLAN():
 
 
 def test_embedded_default_prompts_steer_the_class(default_bundle):
-    """The shipped model is undertrained (issue 5's 80% bar is not met; eval/animals/table.md has the
-    measured accuracy): this checks that prompts reach it and steer what it draws well above chance
-    (10%), on 2 seeds x 10 prompts through `deltadit.runtime.generate` with the Δ-DiT plan."""
+    """The shipped model draws the prompted animal: eval/animals/table.md measured the judge's accuracy on
+    its baseline images at 90.7 % (300 images). Here 2 seeds x 10 prompts through `deltadit.runtime.generate`
+    with the Δ-DiT plan must reach 60 % (chance 10 %; at p = 0.9 fewer than 12 of 20 has probability < 1e-4)."""
     bundle = runtime.load(default_bundle)
     assert bundle.manifest["model"]["source"] == "embedded:animals" and not bundle.manifest["model"]["random_init"]
     judge = load_classifier()
@@ -63,7 +63,7 @@ def test_embedded_default_prompts_steer_the_class(default_bundle):
             images.append(result.image[:, :, 0])
             labels.append(c)
     acc = float((predict(judge, np.stack(images)).numpy() == np.array(labels)).mean())
-    assert acc >= 0.25, acc  # measured 0.3-0.4 on the committed weights
+    assert acc >= 0.6, acc
 
 
 def test_rows_follow_the_paper(tmp_path):
