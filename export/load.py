@@ -66,6 +66,7 @@ def weights_fingerprint(source: str | None) -> str | None:
     than the folder now holds is recognised (eval reuse, generate's text encoder)."""
     import hashlib
 
+    from deltadit.bundle import sha256_file
     from deltadit.presets import resolve_source
 
     if not source:
@@ -81,5 +82,5 @@ def weights_fingerprint(source: str | None) -> str | None:
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.relative_to(root)}\0".encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest())
+        h.update(sha256_file(f).encode())  # streamed: real transformer weights are GBs
     return h.hexdigest()
