@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
+from deltadit.sources import EMBEDDED, resolve_source  # noqa: F401 - re-exported for presets users
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,6 @@ class Preset:
 
 
 DEFAULT = "animals"  # the embedded, trained default model
-EMBEDDED = "embedded:"
-
-
-def resolve_source(source: str) -> str:
-    """``embedded:NAME`` -> the folder of weights shipped in the package (deltadit/weights/NAME);
-    anything else (a folder or a hub id) unchanged."""
-    if source.startswith(EMBEDDED):
-        return str(resources.files("deltadit.weights") / source[len(EMBEDDED):])
-    return source
-
 
 def available() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in resources.files("deltadit.configs").iterdir() if p.name.endswith(".toml"))

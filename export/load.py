@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
 from deltadit.models import get_spec
 from deltadit.presets import Preset
-
-
-def _hub_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+from deltadit.sources import hub_cache, resolve_source
 
 
 def load_transformer(preset: Preset, weights: str | None, random_init: bool, seed: int = 0):
@@ -38,8 +32,6 @@ def build_transformer(arch: str, config: dict, source: str, random_init: bool, s
     if random_init:
         torch.manual_seed(seed)
         return cls(**config).eval()
-    from deltadit.presets import resolve_source
-
     source = resolve_source(source)
     looked = []
     local = Path(source)
@@ -47,7 +39,7 @@ def build_transformer(arch: str, config: dict, source: str, random_init: bool, s
         looked.append(str(folder))
         if (folder / "config.json").is_file():
             return cls.from_pretrained(folder).eval()
-    looked.append(f"the local hub cache {_hub_cache()} for '{source}'")
+    looked.append(f"the local hub cache {hub_cache()} for '{source}'")
     try:
         return cls.from_pretrained(source, subfolder="transformer", local_files_only=True).eval()
     except Exception:  # noqa: BLE001 - any failure here means "not on disk"; say where we looked
@@ -57,30 +49,3 @@ def build_transformer(arch: str, config: dict, source: str, random_init: bool, s
         "Expected: --weights DIR (a diffusers model folder), a hub id already downloaded into the cache "
         "(set HF_HOME / HF_HUB_CACHE), or --random-init for seeded random weights."
     )
-
-
-def weights_fingerprint(source: str | None) -> str | None:
-    """sha256 over the weight and config files of a local source folder's transformer and text encoder
-    (the parts a bundle and its prompt encoding come from), or None for sources that are not a local
-    folder (hub ids, random init). Recorded in the manifest so that a bundle exported from other weights
-    than the folder now holds is recognised (eval reuse, generate's text encoder)."""
-    import hashlib
-
-    from deltadit.bundle import sha256_file
-    from deltadit.presets import resolve_source
-
-    if not source:
-        return None
-    root = Path(resolve_source(source))
-    if not root.is_dir():
-        return None
-    parts = [root / "transformer", root / "text_encoder"] if (root / "transformer").is_dir() else [root]
-    files = sorted(f for d in parts if d.is_dir() for f in d.iterdir()
-                   if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(root)}\0".encode())
-        h.update(sha256_file(f).encode())  # streamed: real transformer weights are GBs
-    return h.hexdigest()

@@ -113,7 +113,8 @@ def export_bundle(
     import torch
     from tqdm import tqdm
 
-    from deltadit.export.load import load_transformer, weights_fingerprint
+    from deltadit.export.load import load_transformer
+    from deltadit.sources import weights_fingerprint
     from deltadit.export.fuse import fuse_attention
     from deltadit.export.onnx import compare, export_segment, onnx_output_names
     from deltadit.models import check_plan_fits
@@ -255,7 +256,7 @@ def export_bundle(
         raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
 
     # 4b. TensorRT engines where tensorrt imports and a GPU is visible (else the reason, stated)
-    from deltadit.export.tensorrt import ensure_engines, unavailable_reason
+    from deltadit.runtime.engines import ensure_engines, unavailable_reason
 
     reason = unavailable_reason() if build_engines else "TensorRT engines were not built: disabled (--no-engines)."
     if reason is None:

@@ -49,7 +49,7 @@ def components_root(source: str | None, pipeline: str | Path | None = None) -> t
     candidates = [str(pipeline)] if pipeline else []
     if not pipeline and source:
         candidates.append(source)
-    from deltadit.presets import resolve_source
+    from deltadit.sources import resolve_source
 
     for cand in candidates:
         path = Path(resolve_source(cand))
@@ -166,7 +166,7 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
         model = manifest["model"]
         root, looked = components_root(None if model.get("random_init") else model.get("source"), pipeline)
         if not pipeline and model.get("weights_sha256"):
-            from deltadit.export.load import weights_fingerprint
+            from deltadit.sources import weights_fingerprint
 
             now = weights_fingerprint(model["source"])
             if now is not None and now != model["weights_sha256"]:

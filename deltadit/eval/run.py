@@ -61,7 +61,7 @@ def rows_for(preset, names=ROWS) -> list[Row]:
 
 def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
     """Export (or reuse) the row's bundle."""
-    from deltadit.export.load import weights_fingerprint
+    from deltadit.sources import weights_fingerprint
     from deltadit.export.pipeline import export_bundle
     from deltadit.export.quantize import Int8Options
 

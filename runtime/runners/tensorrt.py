@@ -1,7 +1,7 @@
 """TensorRT backend: one engine per bundle segment, behind the same runner interface.
 
 On activate, engines are taken from the bundle's engine cache (or built from the ONNX when none matches
-this GPU / TensorRT version: see :mod:`deltadit.export.tensorrt`). Tensors are torch CUDA tensors; each
+this GPU / TensorRT version: see :mod:`deltadit.runtime.engines`). Tensors are torch CUDA tensors; each
 segment's input and output buffers are allocated once per batch size, all work goes to one stream
 through ``execute_async_v3``, and with ``cuda_graph=True`` each segment's launch is captured once in a
 CUDA graph and replayed. Needs ``tensorrt`` and a CUDA build of torch.
@@ -34,7 +34,7 @@ class TensorRTRunner(Runner):
         self.engines, self.contexts, self.buffers, self.graphs = {}, {}, {}, {}
 
     def _activate_impl(self) -> None:
-        from deltadit.export.tensorrt import ensure_engines, unavailable_reason
+        from deltadit.runtime.engines import ensure_engines, unavailable_reason
 
         reason = unavailable_reason()
         if reason is not None:

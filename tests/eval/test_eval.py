@@ -112,6 +112,6 @@ def test_eval_reuses_a_row_bundle_only_for_the_same_weights(tmp_path, monkeypatc
 
     exported = []
     monkeypatch.setattr("deltadit.export.pipeline.export_bundle", lambda *a, **k: exported.append(a[2]))
-    monkeypatch.setattr("deltadit.export.load.weights_fingerprint", lambda source: "other weights")
+    monkeypatch.setattr("deltadit.sources.weights_fingerprint", lambda source: "other weights")
     run._bundle_for(row, PRESET, tmp_path, 1)  # the embedded weights changed since: export again
     assert exported == [out]

@@ -123,7 +123,7 @@ def test_bundle_from_other_weights_than_its_source_now_holds_is_refused(tmp_path
     changed since the export, its encoder no longer matches the exported transformer."""
     import shutil
 
-    from deltadit.export.load import weights_fingerprint
+    from deltadit.sources import weights_fingerprint
 
     folder = save_pipeline_folder(tmp_path / "pipe", build_pixart())
     export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "bundle", weights=str(folder), progress=False)

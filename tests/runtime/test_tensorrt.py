@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from deltadit import runtime
-from deltadit.export import tensorrt as trtx
+from deltadit.runtime import engines as trtx
 from deltadit.export.pipeline import export_bundle
 from deltadit.plan import build_plan
 from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset

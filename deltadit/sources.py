@@ -1,0 +1,71 @@
+"""Where model files come from: embedded weights shipped in the package, local folders, the local hub
+cache. Shared by the exporter (transformer weights) and the runtime (text encoder / VAE), so the
+runtime never imports the export stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+from deltadit.errors import DeltaDiTError
+
+EMBEDDED = "embedded:"
+_EMBEDDED_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache folder (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
+def is_embedded(source: str | None) -> bool:
+    return bool(source) and source.startswith(EMBEDDED)
+
+
+def embedded_names() -> list[str]:
+    """Models whose weights ship in the package (deltadit/weights/NAME)."""
+    root = resources.files("deltadit.weights")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _EMBEDDED_NAME.match(p.name))
+
+
+def resolve_source(source: str) -> str:
+    """``embedded:NAME`` -> the folder of weights shipped in the package (deltadit/weights/NAME);
+    anything else (a folder or a hub id) unchanged. NAME must be one of :func:`embedded_names` (a
+    manifest cannot point ``embedded:`` outside the package)."""
+    if not is_embedded(source):
+        return source
+    name = source[len(EMBEDDED):]
+    if name not in embedded_names():
+        raise DeltaDiTError(f"source | '{source}' is not an embedded model. Expected: one of "
+                            + ", ".join(EMBEDDED + n for n in embedded_names()) + ".")
+    return str(resources.files("deltadit.weights") / name)
+
+
+def weights_fingerprint(source: str | None) -> str | None:
+    """sha256 over the weight and config files of a local source folder's transformer and text encoder
+    (the parts a bundle and its prompt encoding come from), or None for sources that are not a local
+    folder (hub ids, random init). Recorded in the manifest so that a bundle exported from other weights
+    than the folder now holds is recognised (eval reuse, generate's text encoder)."""
+    from deltadit.bundle import sha256_file
+
+    if not source:
+        return None
+    root = Path(resolve_source(source))
+    if not root.is_dir():
+        return None
+    parts = [root / "transformer", root / "text_encoder"] if (root / "transformer").is_dir() else [root]
+    files = sorted(f for d in parts if d.is_dir() for f in d.iterdir()
+                   if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root)}\0".encode())
+        h.update(sha256_file(f).encode())  # streamed: real transformer weights are GBs
+    return h.hexdigest()
