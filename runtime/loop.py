@@ -15,14 +15,7 @@ import torch
 from deltadit.errors import DeltaDiTError
 from deltadit.models.spec import ModelSpec
 from deltadit.runtime.executor import DeltaDiTExecutor
-
-# name -> (diffusers class, settings applied over the model's scheduler config)
-SCHEDULERS = {
-    "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-}
+from deltadit.schedulers import SCHEDULERS  # name -> (diffusers class, settings)
 
 
 def make_scheduler(name: str, config: dict | None = None):

@@ -102,6 +102,10 @@ def _registry() -> dict[str, ModelSpec]:
     return {s.arch: s for s in (pixart.SPEC, dit.SPEC)}
 
 
+def known_archs() -> tuple[str, ...]:
+    return tuple(_registry())
+
+
 def get_spec(arch: str) -> ModelSpec:
     specs = _registry()
     if arch not in specs:
