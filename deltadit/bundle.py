@@ -4,7 +4,8 @@
       manifest.json      format version, model identity + config, segments, plan, sampling, versions
       onnx/<segment>.onnx (+ <segment>.onnx.data: external weights)
 
-A folder is a bundle only once manifest.json is in it; the exporter writes everything into
+A bundle is closed: everything it uses is listed, hashed and inside it (:func:`read_bundle`). A folder
+is a bundle only once manifest.json is in it; the exporter writes everything into
 ``BUNDLE.partial/`` and renames it into place as its last act, so an interrupted export never leaves a
 folder that loads.
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError, raise_if
+from deltadit.manifest import FORMAT_VERSION, Manifest, check_relative_path  # noqa: F401 - FORMAT_VERSION re-exported
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -29,8 +32,13 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def read_manifest(bundle: str | Path) -> dict:
-    """Read and check a bundle's manifest: presence, format version, every file's presence and hash."""
+def read_bundle(bundle: str | Path) -> Manifest:
+    """Open a bundle as a closed, verified unit and return its typed manifest.
+
+    Checks, before any file is used: the manifest parses and validates (:class:`Manifest`); every file
+    it lists lies inside the bundle (no symlink anywhere on its path, no '..'), is a regular file and
+    matches its sha256; every ONNX graph's external data is one of its own segment's hashed files. Files
+    the manifest does not list are never opened."""
     root = Path(bundle)
     path = root / MANIFEST
     if not root.is_dir():
@@ -38,27 +46,83 @@ def read_manifest(bundle: str | Path) -> dict:
     if not path.is_file():
         partial = " (an interrupted export leaves BUNDLE.partial/; re-run deltadit-export)" if root.name.endswith(".partial") else ""
         raise DeltaDiTError(f"bundle {root} | has no {MANIFEST}{partial}. Expected: the output folder of deltadit-export.")
+    inside_or_raise(root, MANIFEST)
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise DeltaDiTError(f"{path} | is {path.stat().st_size} bytes. Expected: a manifest written by deltadit-export "
+                            f"(under {MAX_MANIFEST_BYTES >> 20} MiB).")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DeltaDiTError(f"{path} | is not valid JSON ({e}). Expected: a manifest written by deltadit-export.") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        hint = "upgrade deltadit to read it" if newer else "re-export it with this deltadit"
-        raise DeltaDiTError(f"{path} | format version {version!r} is not supported by this deltadit "
-                            f"(reads version {FORMAT_VERSION}). Expected: {hint}.")
+    try:
+        manifest = Manifest.from_dict(data)
+    except DeltaDiTError as e:
+        raise DeltaDiTError(f"bundle {root} | {e}") from None
     problems = []
-    for seg in manifest["segments"]:
-        for entry in seg["files"]:
-            f = root / entry["path"]
-            if not f.is_file():
-                problems.append(f"{f} | missing (segment {seg['name']}). Expected: the file the manifest lists; re-export the bundle.")
-            elif sha256_file(f) != entry["sha256"]:
-                problems.append(f"{f} | sha256 does not match the manifest (segment {seg['name']}): the file is "
-                                "corrupt or was changed. Expected: re-export the bundle or restore the file.")
+    for owner, entry in manifest.files():
+        f = root / entry.path
+        try:
+            inside_or_raise(root, entry.path)
+        except DeltaDiTError as e:
+            problems.append(str(e))
+            continue
+        if not f.is_file():
+            problems.append(f"{f} | missing (segment {owner}). Expected: the file the manifest lists; re-export the bundle.")
+        elif sha256_file(f) != entry.sha256:
+            problems.append(f"{f} | sha256 does not match the manifest (segment {owner}): the file is "
+                            "corrupt or was changed. Expected: re-export the bundle or restore the file.")
     raise_if(problems, f"bundle {root} | failed its integrity check:" if len(problems) > 1 else None)
+    for seg in manifest.segments:
+        check_external_data(root, seg)
     return manifest
+
+
+def inside_or_raise(root: Path, relative: str) -> Path:
+    """``root / relative`` if no part of it is a symlink and it stays inside ``root``; else raise."""
+    check_relative_path(relative, "path")
+    here = Path(root)
+    for part in relative.split("/"):
+        here = here / part
+        if here.is_symlink():
+            raise DeltaDiTError(f"{here} | is a symbolic link. Expected: a bundle holds its files itself (a link can "
+                                "point outside it); copy the bundle with its files, e.g. cp -rL.")
+    if not here.resolve().is_relative_to(Path(root).resolve()):
+        raise DeltaDiTError(f"{here} | lies outside the bundle. Expected: files inside the bundle folder.")
+    return here
+
+
+def check_external_data(root: Path, seg) -> None:
+    """Every ONNX graph of ``seg`` may load external data only from the segment's own hashed files."""
+    import onnx
+
+    owned = {f.path for f in seg.files}
+    for entry in seg.files:
+        if not entry.path.endswith(".onnx"):
+            continue
+        model = onnx.load(str(root / entry.path), load_external_data=False)
+        folder = posixpath.dirname(entry.path)
+        for tensor in _all_tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((kv.value for kv in tensor.external_data if kv.key == "location"), "")
+            target = posixpath.normpath(posixpath.join(folder, location))
+            if target not in owned:
+                raise DeltaDiTError(
+                    f"{root / entry.path} | reads external data from {location!r}, which is not one of segment "
+                    f"{seg.name}'s hashed files. Expected: a bundle written by deltadit-export; re-export it.")
+
+
+def _all_tensors(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _all_tensors(g)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

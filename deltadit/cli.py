@@ -5,21 +5,75 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable
 
+from deltadit import validate
 from deltadit.errors import DeltaDiTError
 from deltadit.plan import VARIANTS
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the house error format: one line "error: <msg>" on stderr, exit 2 (no usage dump)."""
+
+    def error(self, message: str):
+        where, _, rest = message.partition(": ")
+        if where.startswith("argument ") and " | " in rest:  # a flag type's DeltaDiTError: already names the flag
+            message = rest
+        else:
+            message += f" (see {self.prog} --help)"
+        self.exit(2, f"error: {message}\n")
+
+
+def flag(check: Callable, name: str, *bounds, parse: Callable = str) -> Callable[[str], object]:
+    """An argparse ``type=`` that parses the text with ``parse`` and checks it with a :mod:`deltadit.validate`
+    function, e.g. ``flag(validate.integer, "--steps", 1, validate.MAX_STEPS, parse=int)``; a bad value fails
+    at parse time, before any work, with the check's message."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = text  # the check names it ("'1e9' is not an integer. Expected: ...")
+        try:
+            return check(name, value, *bounds)
+        except DeltaDiTError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name.lstrip("-")
+    return convert
+
+
+def _png(name: str, value) -> str:
+    return str(validate.output_png(name, value))
+
+
+def _choices(options: tuple[str, ...]) -> Callable:
+    def check(name: str, value: str) -> str:
+        unknown = [r for r in (x.strip() for x in value.split(",")) if r and r not in options]
+        if unknown or not value.strip(", "):
+            problem = f"{', '.join(map(repr, unknown))} unknown" if unknown else "no names given"
+            raise DeltaDiTError(f"{name} | {problem}. Expected: comma-separated names from {', '.join(options)}.")
+        return value
+
+    return check
+
+
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     """Plan flags shared with deltadit-export; each overrides the preset's value when given."""
+    steps = f"[1, {validate.MAX_STEPS}]"
     p.add_argument("--model", default="animals", help="preset name (animals = the embedded trained model, default; pixart, "
                                                       "pixart-1024, dit-xl, pixart-lcm) or a .toml path")
-    p.add_argument("--steps", type=int, help="denoising steps T")
-    p.add_argument("--b", type=int, help="boundary b: cached steps with t <= b reuse the deep blocks (t counts from 1)")
-    p.add_argument("--nc", type=int, help="cached blocks N_c")
-    p.add_argument("--interval", type=int, help="cache interval N (a full step every N steps)")
+    p.add_argument("--steps", type=flag(validate.integer, "--steps", 1, validate.MAX_STEPS, parse=int),
+                   help=f"denoising steps T, in {steps}")
+    p.add_argument("--b", type=flag(validate.integer, "--b", 0, validate.MAX_STEPS, parse=int),
+                   help="boundary b: cached steps with t <= b reuse the deep blocks (t counts from 1; b <= T)")
+    p.add_argument("--nc", type=flag(validate.integer, "--nc", 0, validate.MAX_BLOCKS, parse=int),
+                   help="cached blocks N_c (at most the model's blocks)")
+    p.add_argument("--interval", type=flag(validate.integer, "--interval", 1, validate.MAX_STEPS, parse=int),
+                   help=f"cache interval N (a full step every N steps), in {steps}")
     p.add_argument("--variant", choices=VARIANTS, help="delta-dit (paper), opposite, shallow, middle, deep, none")
-    p.add_argument("--budget", type=float, help="choose N and N_c for this fraction of the uncached MACs (paper Eq. 6-7)")
+    p.add_argument("--budget", type=flag(validate.fraction, "--budget"),
+                   help="choose N and N_c for this fraction of the uncached MACs, in (0, 1] (paper Eq. 6-7)")
 
 
 def plan_from_args(args):
@@ -96,11 +150,11 @@ def cmd_check(args) -> int:
 
     tic = time.perf_counter()
     bundle = load(args.bundle, args.providers.split(",") if args.providers else None)
-    ex = bundle.manifest["export"]
+    ex = bundle.manifest.export
     print(f"bundle {args.bundle}: files and hashes OK ({time.perf_counter() - tic:.1f} s); "
-          f"{bundle.manifest['model']['preset']}, {len(bundle.segments)} segments"
-          + ("  [RANDOM-INIT WEIGHTS]" if bundle.manifest["model"]["random_init"] else ""))
-    feeds = bundle.spec.example_inputs(bundle.config, ex["opt_batch"], ex["text_len"], ex["latent_side"],
+          f"{bundle.manifest.model.preset}, {len(bundle.segments)} segments"
+          + ("  [RANDOM-INIT WEIGHTS]" if bundle.manifest.model.random_init else ""))
+    feeds = bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side,
                                        torch.Generator().manual_seed(0))
     tic = time.perf_counter()
     bundle.runner.activate()
@@ -121,17 +175,20 @@ def cmd_check(args) -> int:
 def cmd_generate(args) -> int:
     """Prompt (PixArt) or class (DiT) -> PNG, with the bundle's transformer on ONNX Runtime."""
     from deltadit.costs import format_macs, plan_costs
+    from deltadit.presets import unknown_prompt_warning
     from deltadit.runtime import load
     from deltadit.runtime.generation import generate
 
     bundle = load(args.bundle, args.providers.split(",") if args.providers else None)
+    if warning := unknown_prompt_warning(bundle.manifest.model.preset, args.prompt):
+        print(warning, file=sys.stderr)
     result = generate(bundle, args.prompt, args.class_label, seed=args.seed, cache=not args.no_cache,
-                      pipeline=args.pipeline, guidance_scale=args.guidance_scale, progress=True)
+                      pipeline=args.pipeline, guidance_scale=args.guidance_scale, progress=True,
+                      allow_other_weights=args.allow_other_weights)
     path = result.save(args.out)
-    m = bundle.manifest
-    ex = m["export"]
-    block = bundle.spec.block_macs(bundle.config, ex["text_len"], ex["latent_side"] * 8)
-    costs = plan_costs(bundle.plan, block, ex["opt_batch"])
+    ex = bundle.manifest.export
+    block = bundle.spec.block_macs(bundle.config, ex.text_len, ex.latent_side * 8)
+    costs = plan_costs(bundle.plan, block, ex.opt_batch)
     how = (f"Δ-DiT plan ({bundle.plan.variant}, b={bundle.plan.b}, N_c={bundle.plan.n_c}, N={bundle.plan.interval}): "
            f"blocks {format_macs(costs.plan_macs)} MACs, bound {costs.speedup_bound:.2f}x") if not args.no_cache else \
           f"no cache: blocks {format_macs(costs.baseline_macs)} MACs"
@@ -157,55 +214,118 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def add_global_args(p: argparse.ArgumentParser, default=False) -> None:
+    """--debug / --verbose, accepted before and after the subcommand (subparsers pass SUPPRESS so they do
+    not reset a value given before it)."""
+    p.add_argument("--debug", action="store_true", default=default, help="show the traceback of any error")
+    p.add_argument("--verbose", action="store_true", default=default,
+                   help="show third-party warnings and notices (torch, diffusers, transformers, ModelOpt, ...)")
+
+
+def _prompt_help() -> str:
+    from deltadit.presets import DEFAULT, load_preset
+
+    words = load_preset(DEFAULT).prompts
+    if not words:
+        return "text prompt (PixArt bundles)"
+    return f"text prompt (PixArt bundles); the embedded model '{DEFAULT}' knows the words {', '.join(words)}, e.g. \"a {words[-1]}\""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deltadit", description="Δ-DiT plans, costs and bundles.")
+    parser = ArgumentParser(prog="deltadit", description="Δ-DiT plans, costs and bundles.")
+    add_global_args(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    integer, real = validate.integer, validate.real
     p = sub.add_parser("plan", help="print the per-step Δ-DiT plan, its block groups and its MACs")
     add_plan_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
     c = sub.add_parser("check", help="verify a bundle and run its first steps on seeded inputs")
     c.add_argument("bundle")
-    c.add_argument("--steps", type=int, default=2, help="how many plan steps to run (default 2: one full, one cached)")
+    c.add_argument("--steps", type=flag(integer, "--steps", 1, validate.MAX_STEPS, parse=int), default=2,
+                   help="how many plan steps to run (default 2: one full, one cached)")
     c.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
     c.set_defaults(func=cmd_check)
     g = sub.add_parser("generate", help="draw one image with a bundle (prompt for PixArt, class for DiT)")
     g.add_argument("bundle")
     what = g.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prompt", help="text prompt (PixArt bundles)")
-    what.add_argument("--class", dest="class_label", type=int, help="class label (DiT bundles)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
-    g.add_argument("--out", default="image.png", help="PNG to write (default image.png)")
+    what.add_argument("--prompt", help=_prompt_help())
+    what.add_argument("--class", dest="class_label", type=flag(integer, "--class", 0, validate.MAX_CLASSES, parse=int),
+                      help="class label (DiT bundles)")
+    g.add_argument("--seed", type=flag(integer, "--seed", 0, validate.SEED_MAX, parse=int), default=0,
+                   help="seed of the initial noise, in [0, 2**63 - 1] (default 0)")
+    g.add_argument("--out", type=flag(_png, "--out"), default="image.png",
+                   help="PNG to write (default image.png); its folder is created, an existing non-PNG file is refused")
     g.add_argument("--no-cache", action="store_true", help="run every step in full (the plan's groups, no Δ reuse)")
+    g.add_argument("--allow-other-weights", action="store_true",
+                   help="use a --pipeline whose weights differ from those the bundle was exported from")
     g.add_argument("--pipeline", help="diffusers pipeline folder or cached hub id with the text encoder / VAE "
-                                      "(default: the bundle's source model)")
-    g.add_argument("--guidance-scale", type=float, help="override the bundle's guidance scale")
+                                      "(needed unless the bundle comes from the embedded model; a folder named in "
+                                      "the manifest is never opened on its own)")
+    g.add_argument("--guidance-scale", type=flag(real, "--guidance-scale", 0, validate.MAX_GUIDANCE),
+                   help=f"override the bundle's guidance scale, in [0, {validate.MAX_GUIDANCE:g}] (<= 1: no guidance)")
     g.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
     g.set_defaults(func=cmd_generate)
-    bn = sub.add_parser("bench", help="latency per configuration and step path, side by side (see deltadit.bench)", add_help=False)
-    bn.add_argument("rest", nargs=argparse.REMAINDER)
+    # bench has its own parser (deltadit.bench.main): main() hands it every argument this one does not know,
+    # --help included.
+    bn = sub.add_parser("bench", help="latency per configuration and step path, side by side (deltadit bench --help)",
+                        add_help=False)
     bn.set_defaults(func=lambda a: __import__("deltadit.bench", fromlist=["main"]).main(a.rest))
-    from deltadit.eval.run import ROWS
+    from deltadit.eval.run import MAX_PER_CLASS, ROWS
 
     e = sub.add_parser("eval", help="FID / class accuracy / PSNR / MACs / latency table of plan variants and INT8 (embedded model)")
     e.add_argument("--model", default="animals", help="a preset with an animal-mnist model (default: the embedded one)")
-    e.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows (default all: {','.join(ROWS)})")
-    e.add_argument("--per-class", type=int, default=20, help="images per class prompt and row (default 20 -> 200 per row)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--calib-count", type=int, default=4, help="INT8 calibration generations (default 4)")
-    e.add_argument("--latency-repeats", type=int, default=5)
+    e.add_argument("--rows", type=flag(_choices(ROWS), "--rows"), default=",".join(ROWS),
+                   help=f"comma-separated rows (default all: {','.join(ROWS)})")
+    e.add_argument("--per-class", type=flag(integer, "--per-class", 1, MAX_PER_CLASS, parse=int), default=20,
+                   help=f"images per class prompt and row, in [1, {MAX_PER_CLASS}] (default 20 -> 200 per row)")
+    e.add_argument("--seed", type=flag(integer, "--seed", 0, validate.SEED_MAX, parse=int), default=0)
+    e.add_argument("--calib-count", type=flag(integer, "--calib-count", 1, validate.MAX_CALIB_COUNT, parse=int), default=4,
+                   help=f"INT8 calibration generations, in [1, {validate.MAX_CALIB_COUNT}] (default 4)")
+    e.add_argument("--latency-repeats", type=flag(integer, "--latency-repeats", 1, validate.MAX_REPEATS, parse=int),
+                   default=5, help=f"timed loops per row, in [1, {validate.MAX_REPEATS}] (default 5)")
     e.add_argument("--out", default="eval/animals", help="folder for bundles, results.json, table.md, grids/")
     e.set_defaults(func=cmd_eval)
+    for command in sub.choices.values():
+        add_global_args(command, default=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except DeltaDiTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Run one subcommand; every failure ends in one line on stderr: a DeltaDiTError (a value or file the
+    user can fix) exits 2, an interrupt 130, anything else 1 (--debug adds the traceback)."""
+    import traceback
+
+    from deltadit.console import quiet_third_party
+
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    args.rest = rest  # bench's own arguments
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    with quiet_third_party(args.verbose):
+        try:
+            return args.func(args)
+        except (Exception, KeyboardInterrupt) as e:  # SystemExit (bench's argparse, --help) passes through
+            code, line = _failure(e, args.debug)
+            if args.debug:
+                traceback.print_exception(e)
+            print(line, file=sys.stderr)
+            return code
+
+
+def _failure(e: BaseException, debug: bool) -> tuple[int, str]:
+    """(exit code, the one line on stderr) for an exception that ends a command."""
+    if isinstance(e, DeltaDiTError):  # a value or file the user can fix
+        return 2, f"error: {e}"
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(e, MemoryError):
+        return 1, ("error: out of memory. Expected: smaller sizes (steps, resolution, batch, --per-class) or a "
+                   "machine with more memory.")
+    hint = "" if debug else " (run with --debug for the traceback)"
+    first = (str(e).splitlines() or [""])[0]
+    return 1, f"error: internal error: {type(e).__name__}: {first}{hint}"
 
 
 if __name__ == "__main__":

@@ -47,17 +47,31 @@ def resolve_source(source: str) -> str:
     return str(resources.files("deltadit.weights") / name)
 
 
+def local_folder(source: str) -> Path | None:
+    """The folder ``source`` names on this disk: a folder, ``embedded:NAME``, or a hub id already in the
+    local cache (its snapshot folder); None when it is none of these. Nothing is downloaded."""
+    path = Path(resolve_source(source))
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not a cached hub id (or no huggingface_hub): nothing on disk
+        return None
+
+
 def weights_fingerprint(source: str | None) -> str | None:
     """sha256 over the weight and config files of a local source folder's transformer and text encoder
-    (the parts a bundle and its prompt encoding come from), or None for sources that are not a local
-    folder (hub ids, random init). Recorded in the manifest so that a bundle exported from other weights
+    (the parts a bundle and its prompt encoding come from), or None for sources with no such files on
+    disk (random init, a hub id not in the local cache). Recorded in the manifest so that a bundle exported from other weights
     than the folder now holds is recognised (eval reuse, generate's text encoder)."""
     from deltadit.bundle import sha256_file
 
     if not source:
         return None
-    root = Path(resolve_source(source))
-    if not root.is_dir():
+    root = local_folder(source)
+    if root is None:
         return None
     parts = [root / "transformer", root / "text_encoder"] if (root / "transformer").is_dir() else [root]
     files = sorted(f for d in parts if d.is_dir() for f in d.iterdir()

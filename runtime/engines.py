@@ -14,22 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+
+from deltadit.errors import DeltaDiTError
+from deltadit.manifest import SEGMENT_NAME, Manifest
 
 ENGINES_DIR = "engines"
 TIMING_CACHE = "timing.cache"
 
 
-def profile_for(entry: dict, opt_batch: int, max_batch: int, min_batch: int = 1) -> dict:
+def default_cache_dir() -> Path:
+    """Where engines built on first load go: $DELTADIT_CACHE/engines, else ~/.cache/deltadit/engines.
+    Never the bundle itself, which stays as exported (and may be read-only)."""
+    base = os.environ.get("DELTADIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deltadit"
+    return Path(base) / ENGINES_DIR
+
+
+def profile_for(entry, opt_batch: int, max_batch: int, min_batch: int = 1) -> dict:
     """{input name: (min, opt, max) shapes} for one manifest segment; only the batch axis varies."""
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"profile | need 1 <= min {min_batch} <= opt {opt_batch} <= max {max_batch}")
-    out = {}
-    for spec in entry["inputs"]:
-        def shape(b, _s=spec["shape"]):
-            return tuple(b if d == "batch" else int(d) for d in _s)
-        out[spec["name"]] = (shape(min_batch), shape(opt_batch), shape(max_batch))
-    return out
+    return {spec.name: tuple(tuple(spec.concrete(b)) for b in (min_batch, opt_batch, max_batch)) for spec in entry.inputs}
 
 
 def precision_flags(segment_precision: str) -> list[str]:
@@ -50,8 +56,16 @@ def engine_key(onnx_sha256: str, trt_version: str, compute_capability: tuple[int
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def engine_path(root: Path, segment: str, key: str) -> Path:
-    return Path(root) / ENGINES_DIR / f"{segment}-{key}.engine"
+def engine_name(segment: str, key: str) -> str:
+    """File name of a segment's engine; segment names are checked so a name cannot leave the folder."""
+    if not SEGMENT_NAME.match(segment) or not key.isalnum():
+        raise DeltaDiTError(f"engine | segment {segment!r} / key {key!r} cannot name a file. Expected: a bundle "
+                            "written by deltadit-export.")
+    return f"{segment}-{key}.engine"
+
+
+def engine_path(folder: Path, segment: str, key: str) -> Path:
+    return Path(folder) / engine_name(segment, key)
 
 
 def unavailable_reason() -> str | None:
@@ -118,27 +132,80 @@ def build_engine(trt, onnx_path: Path, profile: dict, flags: list[str], timing_c
     return bytes(serialized)
 
 
-def ensure_engines(root: Path, manifest: dict, device: int = 0, out_root: Path | None = None, trt=None) -> dict:
-    """Engines for every segment of the bundle at ``root`` for this GPU: reuse those whose key matches,
-    build the others from the ONNX (into ``out_root``/engines, default the bundle). Returns
-    {segment: engine path}."""
+def plan_engines(manifest: Manifest, trt_version: str, sm: tuple[int, int]) -> dict:
+    """{segment: (key, profile, flags, onnx path)}: what every segment's engine must be on this GPU."""
+    ex = manifest.export
+    out = {}
+    for entry in manifest.segments:
+        profile = profile_for(entry, ex.opt_batch, ex.max_batch)
+        flags = precision_flags(entry.precision)
+        out[entry.name] = (engine_key(entry.files[0].sha256, trt_version, sm, profile, flags), profile, flags, entry.graph)
+    return out
+
+
+def _write_engine(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # a half-written engine never carries a valid name
+    side = path.with_name(path.name + ".sha256")
+    side.write_text(hashlib.sha256(data).hexdigest())
+
+
+def _cached_engine_ok(path: Path) -> bool:
+    """An engine in the cache is used only when its sidecar hash matches (a truncated or swapped file is rebuilt)."""
+    from deltadit.bundle import sha256_file
+
+    side = path.with_name(path.name + ".sha256")
+    return path.is_file() and side.is_file() and side.read_text().strip() == sha256_file(path)
+
+
+def build_bundle_engines(root: Path, manifest: Manifest, device: int = 0, trt=None) -> dict:
+    """Export time: build every segment's engine into ``root``/engines (the timing cache beside them).
+    Returns {segment: relative path}; the exporter hashes them into the manifest."""
     if trt is None:
         import tensorrt as trt
-    out_root = Path(out_root or root)
-    ex = manifest["export"]
-    sm = gpu_compute_capability(device)
+    folder = Path(root) / ENGINES_DIR
+    out = {}
+    for name, (key, profile, flags, graph) in plan_engines(manifest, trt.__version__, gpu_compute_capability(device)).items():
+        path = engine_path(folder, name, key)
+        _write_engine(path, build_engine(trt, Path(root) / graph, profile, flags, folder / TIMING_CACHE))
+        path.with_name(path.name + ".sha256").unlink()  # in a bundle the manifest holds the hash
+        out[name] = f"{ENGINES_DIR}/{path.name}"
+    return out
+
+
+def ensure_engines(root: Path, manifest: Manifest, device: int = 0, cache_dir: Path | None = None, trt=None) -> dict:
+    """Load time: an engine for every segment of the bundle at ``root`` on this GPU. The bundle's own
+    engine (verified with the bundle) is used when its key matches; otherwise one from ``cache_dir``
+    (default :func:`default_cache_dir`) whose sidecar hash matches; otherwise it is built from the ONNX
+    into the cache. A bundle copied to another GPU or TensorRT version rebuilds instead of failing.
+    Returns {segment: engine path}."""
+    if trt is None:
+        import tensorrt as trt
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     paths = {}
-    for entry in manifest["segments"]:
-        profile = profile_for(entry, ex["opt_batch"], ex["max_batch"])
-        flags = precision_flags(entry.get("precision", "fp32"))
-        onnx_file = entry["files"][0]
-        key = engine_key(onnx_file["sha256"], trt.__version__, sm, profile, flags)
-        path = engine_path(out_root, entry["name"], key)
-        if not path.is_file():
-            data = build_engine(trt, Path(root) / onnx_file["path"], profile, flags, out_root / ENGINES_DIR / TIMING_CACHE)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            tmp.write_bytes(data)
-            tmp.replace(path)  # a half-written engine never carries a valid name
-        paths[entry["name"]] = path
+    for name, (key, profile, flags, graph) in plan_engines(manifest, trt.__version__, gpu_compute_capability(device)).items():
+        bundled = manifest.engines.files.get(name)
+        if bundled is not None and bundled.path == f"{ENGINES_DIR}/{engine_name(name, key)}":
+            paths[name] = Path(root) / bundled.path
+            continue
+        path = engine_path(cache, name, key)
+        if not _cached_engine_ok(path):
+            _write_engine(path, build_engine(trt, Path(root) / graph, profile, flags, cache / TIMING_CACHE))
+        paths[name] = path
     return paths
+
+
+def read_engine(path: Path, manifest: Manifest, segment: str) -> bytes:
+    """The engine's bytes, checked right before use against the manifest's hash (an engine in the bundle)
+    or its sidecar (an engine in the cache): nothing unverified reaches the deserializer."""
+    data = Path(path).read_bytes()
+    bundled = manifest.engines.files.get(segment)
+    side = Path(path).with_name(Path(path).name + ".sha256")
+    expected = bundled.sha256 if bundled is not None and Path(path).name == Path(bundled.path).name else (
+        side.read_text().strip() if side.is_file() else None)
+    if expected != hashlib.sha256(data).hexdigest():
+        raise DeltaDiTError(f"engine {path} | does not match its recorded sha256. Expected: delete it (it is rebuilt "
+                            "from the ONNX on the next load) or re-export the bundle.")
+    return data

@@ -14,13 +14,16 @@ plan ``none`` reproduces the pipeline's image for the same seed.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from deltadit import validate
 from deltadit.errors import DeltaDiTError
+from deltadit.sources import is_embedded, local_folder, resolve_source, weights_fingerprint
 
 
 @dataclass
@@ -43,27 +46,48 @@ class Generation:
 
 
 def components_root(source: str | None, pipeline: str | Path | None = None) -> tuple[Path | None, list[str]]:
-    """The diffusers pipeline folder to take text encoder / VAE from (``pipeline``, else the model's
-    ``source``; None for random-init models), and where it looked."""
-    looked = []
-    candidates = [str(pipeline)] if pipeline else []
-    if not pipeline and source:
-        candidates.append(source)
-    from deltadit.sources import resolve_source
+    """The diffusers pipeline folder to take text encoder / VAE from (``pipeline``, else ``source``: a
+    folder, ``embedded:NAME`` or a hub id already in the local cache), and where it looked. Callers pass
+    only what the user named (a CLI flag, an API argument, a preset), never a path read from a manifest."""
+    cand = str(pipeline) if pipeline else source
+    if not cand:
+        return None, []
+    where = Path(resolve_source(cand))
+    return local_folder(cand), [str(where)] + ([] if where.is_dir() else [f"the local hub cache for '{cand}'"])
 
-    for cand in candidates:
-        path = Path(resolve_source(cand))
-        looked.append(str(path))
-        if path.is_dir():
-            return path, looked
-        try:  # a hub id already in the local cache
-            from huggingface_hub import snapshot_download
 
-            looked.append(f"the local hub cache for '{cand}'")
-            return Path(snapshot_download(cand, local_files_only=True)), looked
-        except Exception:  # noqa: BLE001 - not on disk; keep looking, then say where we looked
-            continue
-    return None, looked
+def bundle_components_root(bundle, pipeline: str | Path | None, allow_other_weights: bool = False):
+    """Where ``bundle``'s text encoder / VAE come from, and where it looked.
+
+    Only from what the user names: ``pipeline`` (checked against the fingerprint of the weights the
+    bundle was exported from unless ``allow_other_weights``), or the model embedded in deltadit when
+    the bundle was exported from it. A folder or hub id written in the manifest is never opened: a
+    manifest must not decide which files on the user's machine are loaded."""
+    model = bundle.manifest.model
+    if pipeline is None:
+        if model.random_init or not model.source:
+            return None, []
+        if not is_embedded(model.source):
+            raise DeltaDiTError(
+                f"bundle {bundle.root} | its text encoder / VAE live in the pipeline it was exported from "
+                f"({model.source}), which deltadit does not open on a manifest's word. Expected: --pipeline DIR "
+                "(API: pipeline=DIR), the diffusers pipeline folder or cached hub id it was exported from.")
+        root, looked = components_root(model.source)
+        if weights_fingerprint(model.source) != model.weights_sha256:
+            raise DeltaDiTError(
+                f"bundle {bundle.root} | was exported from other weights than the embedded model {model.source} now "
+                "has, so its text encoder would not match the exported transformer. Expected: re-export the bundle "
+                "(deltadit-export).")
+        return root, looked
+    root, looked = components_root(None, pipeline)
+    if root is not None and model.weights_sha256 and not allow_other_weights:
+        if weights_fingerprint(str(root)) != model.weights_sha256:
+            raise DeltaDiTError(
+                f"--pipeline {pipeline} | holds other transformer / text-encoder weights than bundle {bundle.root} "
+                "was exported from, so its text encoder would not match the exported transformer. Expected: the "
+                "pipeline folder the bundle was exported from, a re-exported bundle, or --allow-other-weights "
+                "(API: allow_other_weights=True) if the difference is intended.")
+    return root, looked
 
 
 def _need(root: Path | None, looked: list[str], what: str, sub: str) -> Path:
@@ -77,7 +101,8 @@ def _need(root: Path | None, looked: list[str], what: str, sub: str) -> Path:
 
 
 class TextConditioner:
-    """PixArt-α prompt encoding with the pipeline's tokenizer and T5 encoder."""
+    """PixArt-α prompt encoding with the pipeline's tokenizer and T5 encoder. Thread-safe: encoding is
+    serialised (a fast tokenizer must not be used by two threads at once)."""
 
     def __init__(self, root: Path | None, looked: list[str], text_len: int):
         from transformers import AutoTokenizer, T5EncoderModel
@@ -86,6 +111,7 @@ class TextConditioner:
         self.encoder = T5EncoderModel.from_pretrained(_need(root, looked, "text encoder", "text_encoder")).eval()
         self.text_len = text_len
         self._uncond = None
+        self._lock = threading.Lock()
 
     def encode(self, text: str) -> dict:
         import torch
@@ -97,9 +123,10 @@ class TextConditioner:
         return {"encoder_hidden_states": embeds.float(), "encoder_attention_mask": tokens.attention_mask}
 
     def __call__(self, prompt: str) -> tuple[dict, dict]:
-        if self._uncond is None:  # the negative prompt "" is the same for every call
-            self._uncond = self.encode("")
-        return self.encode(prompt), self._uncond
+        with self._lock:
+            if self._uncond is None:  # the negative prompt "" is the same for every call
+                self._uncond = self.encode("")
+            return self.encode(prompt), self._uncond
 
 
 class ClassConditioner:
@@ -111,8 +138,7 @@ class ClassConditioner:
     def __call__(self, label: int) -> tuple[dict, dict]:
         import torch
 
-        if not 0 <= int(label) < self.num_classes:
-            raise DeltaDiTError(f"--class | {label} is out of range. Expected: 0 <= N < {self.num_classes}.")
+        label = validate.integer("--class", label, 0, self.num_classes - 1)
         return {"class_labels": torch.tensor([int(label)])}, {"class_labels": torch.tensor([self.num_classes])}
 
 
@@ -137,73 +163,102 @@ class PixelDecoder:
         return (latents / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()[0]
 
 
+MAX_PROMPT_CHARS = 10_000
+
+
 def generate(bundle, prompt: str | None = None, class_label: int | None = None, *, seed: int = 0, cache: bool = True,
              pipeline: str | Path | None = None, guidance_scale: float | None = None, progress: bool = False,
-             conditioner=None, decoder=None) -> Generation:
-    """One image from ``bundle`` (a :class:`deltadit.runtime.Bundle`).
+             conditioner=None, decoder=None, allow_other_weights: bool = False) -> Generation:
+    """One image from ``bundle`` (a :class:`deltadit.runtime.Bundle`). Safe to call from many threads on
+    one bundle: each call gets its own executor and deltas, the text encoder / decoder are loaded once per
+    bundle and pipeline folder, and the result equals the single-threaded one bit for bit.
 
-    prompt (PixArt) or class_label (DiT); seed: the torch generator seed for the initial noise; cache:
-    run the bundle's Δ-DiT plan (False: every step in full on the same segments); pipeline: where the
-    text encoder / VAE live (default: the bundle's source model). conditioner / decoder: already loaded
-    components (reuse them across calls)."""
+    prompt (PixArt) or class_label (DiT); seed: the torch generator seed for the initial noise (0 to
+    2**63 - 1); cache: run the bundle's Δ-DiT plan (False: every step in full on the same segments);
+    pipeline: the diffusers pipeline folder (or cached hub id) with the text encoder / VAE; needed unless
+    the bundle comes from the embedded model (see :func:`bundle_components_root`); allow_other_weights: use
+    a pipeline whose weights differ from those the bundle was exported from. conditioner / decoder:
+    already loaded components. Raises DeltaDiTError for bad arguments and for non-finite results (no
+    image is made from them)."""
     import torch
-    from tqdm import tqdm
 
+    from deltadit.console import track
     from deltadit.runtime.loop import denoise, prepare
 
     manifest, spec, config = bundle.manifest, bundle.spec, bundle.config
+    key = _condition_key(spec, prompt, class_label)
+    seed = validate.seed(seed)
+    sampling = manifest.sampling
+    scale = sampling.guidance_scale if guidance_scale is None else validate.real(
+        "--guidance-scale", guidance_scale, 0, validate.MAX_GUIDANCE)
+    if scale > 1 and manifest.export.opt_batch < 2:
+        raise DeltaDiTError(f"--guidance-scale | {scale} needs the CFG batch of 2, but the bundle was exported for batch 1. "
+                            "Expected: guidance scale <= 1, or re-export with guidance.")
     seconds = {}
     tic = time.perf_counter()
-    if spec.cond_input == "encoder_hidden_states":
-        if prompt is None or class_label is not None:
-            raise DeltaDiTError(f"generate | a {spec.arch} bundle is conditioned on text. Expected: --prompt TEXT.")
-        key = prompt
-    else:
-        if class_label is None or prompt is not None:
-            raise DeltaDiTError(f"generate | a {spec.arch} bundle is class-conditional. Expected: --class N.")
-        key = class_label
-    if conditioner is None or decoder is None:
-        model = manifest["model"]
-        root, looked = components_root(None if model.get("random_init") else model.get("source"), pipeline)
-        if not pipeline and model.get("weights_sha256"):
-            from deltadit.sources import weights_fingerprint
-
-            now = weights_fingerprint(model["source"])
-            if now is not None and now != model["weights_sha256"]:
-                raise DeltaDiTError(
-                    f"bundle {bundle.root} | was exported from other weights than {model['source']} now holds, so its "
-                    "text encoder would not match the exported transformer. Expected: re-export the bundle "
-                    "(deltadit-export), or pass --pipeline DIR with the components it was exported with.")
-        if conditioner is None:
-            conditioner = (TextConditioner(root, looked, manifest["export"]["text_len"])
-                           if spec.cond_input == "encoder_hidden_states" else ClassConditioner(config["num_embeds_ada_norm"]))
-        if decoder is None:
-            decoder = PixelDecoder() if manifest["model"].get("decoder") == "pixels" else VaeDecoder(root, looked)
+    conditioner, decoder = load_components(bundle, pipeline, allow_other_weights, conditioner, decoder)
     cond, uncond = conditioner(key)
     seconds["load+encode"] = time.perf_counter() - tic
 
-    sampling = manifest["sampling"]
-    scale = sampling["guidance_scale"] if guidance_scale is None else guidance_scale
-    if scale > 1 and manifest["export"]["opt_batch"] < 2:
-        raise DeltaDiTError(f"--guidance-scale | {scale} needs the CFG batch of 2, but the bundle was exported for batch 1. "
-                            "Expected: guidance scale <= 1, or re-export with guidance.")
-    side, channels = manifest["export"]["latent_side"], config["in_channels"]
+    side, channels = manifest.export.latent_side, config["in_channels"]
     generator = torch.Generator().manual_seed(seed)
-    scheduler, latents = prepare(sampling, bundle.plan.num_steps, (1, channels, side, side), generator)
+    scheduler, latents = prepare({"scheduler": sampling.scheduler, "scheduler_config": sampling.scheduler_config},
+                                 bundle.plan.num_steps, (1, channels, side, side), generator)
     device = getattr(bundle.runner, "device", "cpu")
     latents = latents.to(device)
     cond = {k: v.to(device) for k, v in cond.items()}
     uncond = {k: v.to(device) for k, v in uncond.items()}
     executor = bundle.executor() if cache else bundle.uncached()
-    bar = tqdm(total=bundle.plan.num_steps, desc="denoise", disable=not progress)
+    steps = iter(track(range(bundle.plan.num_steps), "denoise", enabled=progress, unit="steps"))
     tic = time.perf_counter()
     with torch.no_grad():
         latents = denoise(executor, spec, config, scheduler, latents, cond, uncond, scale, generator=generator,
-                          callback=lambda *a: bar.update(1))
-    bar.close()
+                          callback=lambda *a: next(steps, None))
+    next(steps, None)  # let the progress display finish
     seconds["denoise"] = time.perf_counter() - tic
+    if not bool(torch.isfinite(latents).all()):
+        raise DeltaDiTError(
+            f"generate | the denoised latents are not finite (NaN or inf) after {bundle.plan.num_steps} steps with "
+            f"guidance scale {scale} and scheduler {sampling.scheduler}: no image was written. Expected: a bundle "
+            "whose check passes (deltadit check BUNDLE) and a moderate --guidance-scale; re-export if it persists.")
     tic = time.perf_counter()
     image = decoder(latents.cpu())
     seconds["decode"] = time.perf_counter() - tic
     return Generation(image=image, latents=latents.cpu(), seconds=seconds, cached=cache,
-                      random_init=bool(manifest["model"].get("random_init")))
+                      random_init=manifest.model.random_init)
+
+
+def _condition_key(spec, prompt, class_label):
+    if spec.cond_input == "encoder_hidden_states":
+        if prompt is None or class_label is not None:
+            raise DeltaDiTError(f"generate | a {spec.arch} bundle is conditioned on text. Expected: --prompt TEXT.")
+        if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+            raise DeltaDiTError(f"--prompt | must be a string of at most {MAX_PROMPT_CHARS} characters. Expected: a "
+                                "shorter prompt (the text encoder reads only its first tokens anyway).")
+        return prompt
+    if class_label is None or prompt is not None:
+        raise DeltaDiTError(f"generate | a {spec.arch} bundle is class-conditional. Expected: --class N.")
+    return class_label
+
+
+def load_components(bundle, pipeline=None, allow_other_weights: bool = False, conditioner=None, decoder=None):
+    """(conditioner, decoder) for ``bundle``: the ones given, else loaded once per bundle and pipeline
+    folder and then shared. A pipeline folder is looked for only when a part needs one (T5, VAE)."""
+    m, spec = bundle.manifest, bundle.spec
+
+    def root():
+        return bundle_components_root(bundle, pipeline, allow_other_weights)
+
+    def load_conditioner():
+        if spec.cond_input == "encoder_hidden_states":
+            return TextConditioner(*root(), m.export.text_len)
+        return ClassConditioner(bundle.config["num_embeds_ada_norm"])
+
+    def load_decoder():
+        return PixelDecoder() if m.model.decoder == "pixels" else VaeDecoder(*root())
+
+    # Keyed by the override too: a part loaded without the fingerprint check is never handed to a checked call.
+    key = (str(pipeline) if pipeline else None, allow_other_weights)
+    conditioner = conditioner or bundle.components(("conditioner",) + key, load_conditioner)
+    decoder = decoder or bundle.components(("decoder",) + key, load_decoder)
+    return conditioner, decoder

@@ -35,8 +35,14 @@ def prepare(sampling: dict, steps: int, shape: tuple, generator):
     them (``randn_tensor``; a list of generators gives one per image)."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    scheduler = make_scheduler(sampling["scheduler"], sampling.get("scheduler_config"))
-    scheduler.set_timesteps(steps)
+    try:
+        scheduler = make_scheduler(sampling["scheduler"], sampling.get("scheduler_config"))
+        scheduler.set_timesteps(steps)
+    except DeltaDiTError:
+        raise
+    except Exception as e:  # noqa: BLE001 - diffusers rejects a config with many exception types
+        raise DeltaDiTError(f"scheduler_config | diffusers' {sampling['scheduler']} scheduler rejects it ({type(e).__name__}: "
+                            f"{e}). Expected: the scheduler config of the model's pipeline (re-export the bundle).") from None
     latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
     return scheduler, latents
 

@@ -7,6 +7,7 @@ Nothing touches a device before :meth:`activate`.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 
@@ -21,6 +22,7 @@ class Runner(ABC):
     def __init__(self, segments: tuple[Segment, ...]):
         self.segments = {s.name: s for s in segments}
         self.is_active = False
+        self._lifecycle = threading.Lock()  # one activation even when many threads call infer() first
         # When a list: every infer() appends (segment, seconds of the call) -- the profile `deltadit bench`
         # uses to split a step's time into segments and runtime overhead. On asynchronous GPU backends
         # the seconds are those of the call, not of the device work.
@@ -28,15 +30,17 @@ class Runner(ABC):
 
     # lifecycle -----------------------------------------------------------------------------------
     def activate(self) -> "Runner":
-        if not self.is_active:
-            self._activate_impl()
-            self.is_active = True
+        with self._lifecycle:
+            if not self.is_active:
+                self._activate_impl()
+                self.is_active = True
         return self
 
     def deactivate(self) -> None:
-        if self.is_active:
-            self._deactivate_impl()
-            self.is_active = False
+        with self._lifecycle:
+            if self.is_active:
+                self._deactivate_impl()
+                self.is_active = False
 
     def __enter__(self) -> "Runner":
         return self.activate()

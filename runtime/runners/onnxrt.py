@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deltadit.errors import DeltaDiTError
+from deltadit.manifest import Manifest, SegmentEntry
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
 
@@ -23,11 +24,14 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 class OnnxrtRunner(Runner):
     name = "onnxrt"
 
-    def __init__(self, root: Path, manifest: dict, segments: tuple[Segment, ...], providers: list[str] | None = None,
-                 io_binding: bool = True, device_id: int = 0, fused_attention: bool = True):
+    def __init__(self, root: Path, manifest: Manifest | dict, segments: tuple[Segment, ...],
+                 providers: list[str] | None = None, io_binding: bool = True, device_id: int = 0,
+                 fused_attention: bool = True):
         super().__init__(segments)
         self.root = Path(root)
-        self.entries = {s["name"]: s for s in manifest["segments"]}
+        if isinstance(manifest, dict):  # the exporter checks its graphs before the manifest is written
+            manifest = Manifest.from_dict(manifest)
+        self.entries = {s.name: s for s in manifest.segments}
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.io_binding = io_binding
         on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
@@ -57,28 +61,27 @@ class OnnxrtRunner(Runner):
             self.sessions[name] = ort.InferenceSession(str(self.root / self.graph_path(entry)), opts,
                                                        providers=self.providers, provider_options=provider_options)
 
-    def graph_path(self, entry: dict) -> str:
-        """The ONNX file this runner opens for a manifest segment entry."""
-        if self.fused_attention and entry.get("ort_graph"):
-            return entry["ort_graph"]["path"]
-        return entry["files"][0]["path"]
+    def graph_path(self, entry: SegmentEntry) -> str:
+        """The ONNX file this runner opens for a manifest segment entry (always one of its hashed files)."""
+        if self.fused_attention and entry.ort_graph:
+            return entry.ort_graph
+        return entry.graph
 
     def _deactivate_impl(self) -> None:
         self.sessions.clear()
 
-    def _check_shapes(self, entry: dict, feeds: dict) -> None:
+    def _check_shapes(self, entry: SegmentEntry, feeds: dict) -> None:
         problems = []
-        for spec in entry["inputs"]:
-            got = tuple(feeds[spec["name"]].shape)
-            want = spec["shape"]
+        for spec in entry.inputs:
+            got = tuple(feeds[spec.name].shape)
+            want = spec.shape
             if len(got) != len(want) or any(w != "batch" and g != w for g, w in zip(got, want)):
-                shown = ["batch" if w == "batch" else w for w in want]
-                problems.append(f"input {spec['name']} of segment {entry['name']} | shape {list(got)} does not match "
-                                f"the bundle. Expected: {shown} (the bundle was exported for this shape; re-export "
+                problems.append(f"input {spec.name} of segment {entry.name} | shape {list(got)} does not match "
+                                f"the bundle. Expected: {list(want)} (the bundle was exported for this shape; re-export "
                                 "with --resolution / text length to change it).")
-        batches = {tuple(feeds[s["name"]].shape)[0] for s in entry["inputs"] if feeds[s["name"]].dim() > 0}
+        batches = {tuple(feeds[s.name].shape)[0] for s in entry.inputs if feeds[s.name].dim() > 0}
         if len(batches) > 1:
-            problems.append(f"segment {entry['name']} | inputs disagree on the batch size {sorted(batches)}.")
+            problems.append(f"segment {entry.name} | inputs disagree on the batch size {sorted(batches)}.")
         if problems:
             raise DeltaDiTError("\n".join(problems))
 
@@ -89,24 +92,24 @@ class OnnxrtRunner(Runner):
         self._check_shapes(entry, feeds)
         session = self.sessions[segment.name]
         wanted = {i.name for i in session.get_inputs()}  # the exporter drops inputs a graph does not use
-        dtypes = {i["name"]: getattr(torch, i["dtype"]) for i in entry["inputs"]}
+        dtypes = {i.name: getattr(torch, i.dtype) for i in entry.inputs}
         # The bundle's input dtypes are the contract (e.g. a tokenizer's int64 mask becomes float32).
         tensors = {n: t.to(device=self.device, dtype=dtypes[n]).contiguous() for n, t in feeds.items() if n in wanted}
         if not self.io_binding:
             arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items()}
-            results = session.run([o["onnx_name"] for o in entry["outputs"]], arrays)
-            return {o["name"]: torch.from_numpy(r) for o, r in zip(entry["outputs"], results)}
+            results = session.run([o.onnx_name for o in entry.outputs], arrays)
+            return {o.name: torch.from_numpy(r) for o, r in zip(entry.outputs, results)}
         batch = next(iter(tensors.values())).shape[0]
         kind, index = ("cuda", self.device_id) if self.device != "cpu" else ("cpu", 0)
         binding = session.io_binding()
         for name, t in tensors.items():
             binding.bind_input(name, kind, index, _np_dtype(t.dtype), list(t.shape), t.data_ptr())
         outputs = {}
-        for o in entry["outputs"]:
-            shape = [batch if d == "batch" else d for d in o["shape"]]
-            out = torch.empty(shape, dtype=getattr(torch, o["dtype"]), device=self.device)
-            binding.bind_output(o["onnx_name"], kind, index, _np_dtype(out.dtype), shape, out.data_ptr())
-            outputs[o["name"]] = out
+        for o in entry.outputs:
+            shape = o.concrete(batch)
+            out = torch.empty(shape, dtype=getattr(torch, o.dtype), device=self.device)
+            binding.bind_output(o.onnx_name, kind, index, _np_dtype(out.dtype), shape, out.data_ptr())
+            outputs[o.name] = out
         session.run_with_iobinding(binding)
         return outputs
 

@@ -53,7 +53,7 @@ def test_embedded_default_prompts_steer_the_class(default_bundle):
     its baseline images at 90.7 % (300 images). Here 2 seeds x 10 prompts through `deltadit.runtime.generate`
     with the Δ-DiT plan must reach 60 % (chance 10 %; at p = 0.9 fewer than 12 of 20 has probability < 1e-4)."""
     bundle = runtime.load(default_bundle)
-    assert bundle.manifest["model"]["source"] == "embedded:animals" and not bundle.manifest["model"]["random_init"]
+    assert bundle.manifest.model.source == "embedded:animals" and not bundle.manifest.model.random_init
     judge = load_classifier()
     images, labels = [], []
     for c, name in enumerate(CLASSES):

@@ -57,7 +57,7 @@ def test_onnxrt_bundle_matches_pytorch_runtime(tmp_path, arch, variant):
     report = export_bundle(preset, plan, tmp_path / "b", random_init=True, progress=False)
     assert not (tmp_path / "b.partial").exists() and report.reused == []
     bundle = runtime.load(tmp_path / "b")
-    assert bundle.plan == plan and bundle.manifest["model"]["random_init"] is True
+    assert bundle.plan == plan and bundle.manifest.model.random_init is True
 
     model = load_transformer(preset, None, random_init=True, seed=0)
     ref = generate(pytorch_executor(model, plan), preset, dict(model.config))

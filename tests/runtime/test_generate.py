@@ -48,7 +48,7 @@ def run_pipe(pipe, prompt, seed, output_type):
 @pytest.mark.parametrize("cache", [False, True])
 def test_pixart_generate_matches_diffusers_pipeline(pixart_bundle, cache):
     bundle_dir, folder = pixart_bundle
-    result = runtime.generate(bundle_dir, prompt="A red cat", seed=5, cache=cache)
+    result = runtime.generate(bundle_dir, prompt="A red cat", seed=5, cache=cache, pipeline=folder)
     # The reference: diffusers' own pipeline, uncached, or with the PyTorch drop-in running the same plan.
     pipe = pixart_pipe(folder, PLAN if cache else None)
     latents = run_pipe(pipe, "A red cat", 5, "latent")
@@ -62,10 +62,10 @@ def test_pixart_generate_matches_diffusers_pipeline(pixart_bundle, cache):
 
 
 def test_cached_and_uncached_differ_and_prompts_matter(pixart_bundle):
-    bundle = runtime.load(pixart_bundle[0])
-    a = runtime.generate(bundle, prompt="a cat", seed=1)
-    b = runtime.generate(bundle, prompt="a cat", seed=1, cache=False)
-    c = runtime.generate(bundle, prompt="a dog on the grass", seed=1)
+    bundle, folder = runtime.load(pixart_bundle[0]), pixart_bundle[1]
+    a = runtime.generate(bundle, prompt="a cat", seed=1, pipeline=folder)
+    b = runtime.generate(bundle, prompt="a cat", seed=1, cache=False, pipeline=folder)
+    c = runtime.generate(bundle, prompt="a dog on the grass", seed=1, pipeline=folder)
     assert not torch.equal(a.latents, b.latents)  # the plan really skipped blocks
     assert (a.latents - c.latents).abs().max() > 1e-3  # the prompt reaches the transformer
 
@@ -74,7 +74,8 @@ def test_cli_generate_writes_png(pixart_bundle, tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "img.png"
-    assert cli.main(["generate", str(pixart_bundle[0]), "--prompt", "a giraffe", "--seed", "2", "--out", str(out)]) == 0
+    assert cli.main(["generate", str(pixart_bundle[0]), "--prompt", "a giraffe", "--seed", "2", "--out", str(out),
+                     "--pipeline", str(pixart_bundle[1])]) == 0
     assert Image.open(out).size == (8, 8)
     text = capsys.readouterr().out
     assert "wrote" in text and "Δ-DiT plan (delta-dit" in text and "MACs" in text
@@ -84,8 +85,9 @@ def test_missing_text_encoder_says_where_it_looked(tmp_path):
     folder = save_pipeline_folder(tmp_path / "pipe", build_pixart(), text=False)
     export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "b", weights=str(folder), progress=False)
     with pytest.raises(DeltaDiTError, match=r"tokenizer \| not found. Looked in: .*pipe.*--pipeline DIR"):
-        runtime.generate(tmp_path / "b", prompt="a cat")
-    assert cli.main(["generate", str(tmp_path / "b"), "--prompt", "a cat", "--out", str(tmp_path / "x.png")]) == 2
+        runtime.generate(tmp_path / "b", prompt="a cat", pipeline=folder)
+    assert cli.main(["generate", str(tmp_path / "b"), "--prompt", "a cat", "--out", str(tmp_path / "x.png"),
+                     "--pipeline", str(folder)]) == 2
     assert not (tmp_path / "x.png").exists()
 
 
@@ -104,23 +106,23 @@ def test_dit_generate_matches_diffusers_pipeline(tmp_path):
     folder = save_pipeline_folder(tmp_path / "pipe", build_dit(), text=False)
     export_bundle(tiny_preset("dit"), PLAN, tmp_path / "b", weights=str(folder), progress=False)
     bundle = runtime.load(tmp_path / "b")
-    result = runtime.generate(bundle, class_label=3, seed=4, cache=False)
+    result = runtime.generate(bundle, class_label=3, seed=4, cache=False, pipeline=folder)
     pipe = DiTPipeline(transformer=build_dit(), vae=build_vae(), scheduler=make_scheduler("dpm-solver++", SCHEDULER_CONFIG))
     pipe.set_progress_bar_config(disable=True)
     image = pipe([3], guidance_scale=4.0, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(4),
                  output_type="np").images[0]
     assert np.abs(result.image - image).max() <= 1e-4
     with pytest.raises(DeltaDiTError, match=r"--class \| 1000 is out of range"):
-        runtime.generate(bundle, class_label=1000)
+        runtime.generate(bundle, class_label=1000, pipeline=folder)
     # The decoder can be reused across calls; numpy (no IO binding) gives the same image.
     plain = runtime.load(tmp_path / "b", io_binding=False)
     again = runtime.generate(plain, class_label=3, seed=4, cache=False, decoder=VaeDecoder(folder, []))
     assert np.abs(again.image - result.image).max() <= 1e-6
 
 
-def test_bundle_from_other_weights_than_its_source_now_holds_is_refused(tmp_path):
-    """The text encoder comes from the bundle's source folder at generate time; if that folder's weights
-    changed since the export, its encoder no longer matches the exported transformer."""
+def test_bundle_from_other_weights_than_the_pipeline_holds_is_refused(tmp_path):
+    """The text encoder comes from the --pipeline folder; if its weights are not those the bundle was
+    exported from, its encoder does not match the exported transformer: refused unless overridden."""
     import shutil
 
     from deltadit.sources import weights_fingerprint
@@ -128,10 +130,19 @@ def test_bundle_from_other_weights_than_its_source_now_holds_is_refused(tmp_path
     folder = save_pipeline_folder(tmp_path / "pipe", build_pixart())
     export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "bundle", weights=str(folder), progress=False)
     bundle = runtime.load(tmp_path / "bundle")
-    assert bundle.manifest["model"]["weights_sha256"] == weights_fingerprint(str(folder))
-    runtime.generate(bundle, prompt="a cat", seed=0)  # unchanged: fine
+    assert bundle.manifest.model.weights_sha256 == weights_fingerprint(str(folder))
+    runtime.generate(bundle, prompt="a cat", seed=0, pipeline=folder)  # unchanged: fine
     shutil.rmtree(folder / "transformer")
     build_pixart(seed=1).save_pretrained(folder / "transformer")  # retrained / replaced weights
-    with pytest.raises(DeltaDiTError, match="exported from other weights.*re-export"):
-        runtime.generate(bundle, prompt="a cat", seed=0)
-    runtime.generate(bundle, prompt="a cat", seed=0, pipeline=folder)  # an explicit --pipeline is the user's call
+    fresh = runtime.load(tmp_path / "bundle")
+    with pytest.raises(DeltaDiTError, match=r"--pipeline .* \| holds other transformer / text-encoder weights"):
+        runtime.generate(fresh, prompt="a cat", seed=0, pipeline=folder)
+    runtime.generate(fresh, prompt="a cat", seed=0, pipeline=folder, allow_other_weights=True)  # the user's explicit call
+
+
+def test_manifest_source_is_never_opened_without_the_user_naming_it(tmp_path):
+    """A manifest naming a folder (here: the real pipeline) does not make generate load from it."""
+    folder = save_pipeline_folder(tmp_path / "pipe", build_pixart())
+    export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "bundle", weights=str(folder), progress=False)
+    with pytest.raises(DeltaDiTError, match=r"does not open on a manifest's word\. Expected: --pipeline DIR"):
+        runtime.generate(tmp_path / "bundle", prompt="a cat")

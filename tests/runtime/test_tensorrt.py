@@ -11,13 +11,15 @@ pytest.importorskip("onnxruntime")
 from deltadit import runtime
 from deltadit.runtime import engines as trtx
 from deltadit.export.pipeline import export_bundle
+from deltadit.bundle import read_bundle
+from deltadit.manifest import SegmentEntry, TensorDesc
 from deltadit.plan import build_plan
 from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
 
 PLAN = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
-ENTRY = {"name": "blocks_00_03", "inputs": [
-    {"name": "hidden_states", "shape": ["batch", 16, 16], "dtype": "float32"},
-    {"name": "timestep", "shape": ["batch"], "dtype": "int64"}]}
+ENTRY = SegmentEntry("blocks_00_03", "group", (0, 3), "fp32", inputs=(
+    TensorDesc("hidden_states", ("batch", 16, 16), "float32"), TensorDesc("timestep", ("batch",), "int64")),
+    outputs=(), files=())
 
 
 def test_profile_spans_batch_one_to_max_with_cfg_batch_optimum():
@@ -168,16 +170,16 @@ def test_export_states_why_engines_were_not_built(bundle_dir):
 
 
 def test_engine_cache_reuses_and_rebuilds_for_another_gpu(bundle_dir, tmp_path, monkeypatch):
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest = read_bundle(bundle_dir)
     trt = FakeTRT()
     monkeypatch.setattr(trtx, "gpu_compute_capability", lambda device=0: (9, 0))
-    first = trtx.ensure_engines(bundle_dir, manifest, out_root=tmp_path, trt=trt)
+    first = trtx.ensure_engines(bundle_dir, manifest, cache_dir=tmp_path, trt=trt)
     builds = sum(c == ("build",) for c in trt.calls)
     assert builds == 4 and all(p.read_bytes() == b"ENGINE" for p in first.values())
-    assert trtx.ensure_engines(bundle_dir, manifest, out_root=tmp_path, trt=trt) == first
+    assert trtx.ensure_engines(bundle_dir, manifest, cache_dir=tmp_path, trt=trt) == first
     assert sum(c == ("build",) for c in trt.calls) == 4  # all four reused
     monkeypatch.setattr(trtx, "gpu_compute_capability", lambda device=0: (8, 7))  # the bundle moved to a Jetson Orin
-    moved = trtx.ensure_engines(bundle_dir, manifest, out_root=tmp_path, trt=trt)
+    moved = trtx.ensure_engines(bundle_dir, manifest, cache_dir=tmp_path, trt=trt)
     assert sum(c == ("build",) for c in trt.calls) == 8 and set(moved.values()).isdisjoint(first.values())
     int8_flags = [c for c in trt.calls if c[0] == "set_flag" and c[1] == "INT8"]
     assert int8_flags == []  # an FP bundle: FP16 only
@@ -189,7 +191,7 @@ def test_tensorrt_runner_without_tensorrt_says_why(bundle_dir):
     from deltadit.errors import DeltaDiTError
 
     b = runtime.load(bundle_dir, backend="tensorrt")
-    with pytest.raises(DeltaDiTError, match="tensorrt runner | TensorRT engines were not built"):
+    with pytest.raises(DeltaDiTError, match=r"tensorrt runner \| TensorRT engines were not built"):
         b.runner.activate()
 
 
