@@ -12,6 +12,7 @@ from deltadit import runtime
 from deltadit.runtime import engines as trtx
 from deltadit.export.pipeline import export_bundle
 from deltadit.bundle import read_bundle
+from deltadit.errors import DeltaDiTError
 from deltadit.manifest import SegmentEntry, TensorDesc
 from deltadit.plan import build_plan
 from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
@@ -207,3 +208,31 @@ def test_tensorrt_runner_matches_onnxruntime(bundle_dir, tmp_path):
     a = generate(trt_bundle.executor(), preset, trt_bundle.config).cpu()
     b = generate(ort_bundle.executor(), preset, ort_bundle.config)
     assert float((a - b).abs().max() / b.abs().max()) < 2e-2  # FP16 engines vs FP32
+
+
+def test_cached_engine_with_a_wrong_hash_is_rebuilt_not_loaded(bundle_dir, tmp_path, monkeypatch):
+    manifest = read_bundle(bundle_dir)
+    trt = FakeTRT()
+    monkeypatch.setattr(trtx, "gpu_compute_capability", lambda device=0: (9, 0))
+    paths = trtx.ensure_engines(bundle_dir, manifest, cache_dir=tmp_path, trt=trt)
+    head = paths["head"]
+    assert trtx.read_engine(head, manifest, "head") == b"ENGINE"
+    head.write_bytes(b"EVIL")  # swapped or truncated in the cache
+    with pytest.raises(DeltaDiTError, match=r"head-.*\.engine \| does not match its recorded sha256"):
+        trtx.read_engine(head, manifest, "head")
+    trtx.ensure_engines(bundle_dir, manifest, cache_dir=tmp_path, trt=trt)
+    assert sum(c == ("build",) for c in trt.calls) == 5 and head.read_bytes() == b"ENGINE"  # only that one rebuilt
+
+
+def test_engines_built_on_load_go_to_the_cache_not_into_the_bundle(bundle_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DELTADIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(trtx, "gpu_compute_capability", lambda device=0: (9, 0))
+    before = sorted(p.name for p in bundle_dir.rglob("*"))
+    paths = trtx.ensure_engines(bundle_dir, read_bundle(bundle_dir), trt=FakeTRT())
+    assert all(p.is_relative_to(tmp_path / "cache" / "engines") for p in paths.values())
+    assert sorted(p.name for p in bundle_dir.rglob("*")) == before
+
+
+def test_engine_file_names_cannot_leave_their_folder():
+    with pytest.raises(DeltaDiTError, match=r"engine \| segment '\.\./\.\./x'"):
+        trtx.engine_path("/cache", "../../x", "abc123")
