@@ -22,7 +22,7 @@ class Split:
 
 def check_plan_fits(plan, transformer) -> None:
     """Raise if ``plan`` was built for another block count than ``transformer`` has."""
-    n = len(transformer.transformer_blocks)
+    n = spec_for(transformer).num_blocks(dict(transformer.config))
     if plan.num_blocks != n:
         raise DeltaDiTError(
             f"plan | built for {plan.num_blocks} blocks, but the transformer has {n}. "
@@ -35,7 +35,7 @@ def split(transformer, groups, grid: tuple[int, int] | None = None) -> Split:
     unpatchifies to; by default the config's square ``sample_size / patch_size``."""
     spec = spec_for(transformer)
     config = dict(transformer.config)
-    n_blocks = len(transformer.transformer_blocks)
+    n_blocks = spec.num_blocks(config)
     covered = [(g.start, g.stop) for g in groups]
     expected_starts = [0] + [stop for _, stop in covered[:-1]]
     if [a for a, _ in covered] != expected_starts or not covered or covered[-1][1] != n_blocks:
@@ -43,6 +43,12 @@ def split(transformer, groups, grid: tuple[int, int] | None = None) -> Split:
             f"block groups | {covered} do not tile the model's {n_blocks} blocks. "
             "Expected: contiguous ranges from 0 to the block count (use plan.groups of a plan built for this model)."
         )
+    starts = {a for a, _ in covered}
+    missing = [c for c in spec.stage_cuts(config) if c not in starts]
+    if missing:
+        raise DeltaDiTError(
+            f"block groups | {covered} run across the model's stage boundary at block(s) {missing}. "
+            "Expected: groups cut there too (a plan built with this model's stage cuts).")
     if grid is None:
         side = config["sample_size"] // config["patch_size"]
         grid = (side, side)

@@ -29,6 +29,17 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A run of blocks of one kind: ``attr`` names the transformer's ModuleList (e.g.
+    ``transformer_blocks``, FLUX's ``single_transformer_blocks``). Blocks are numbered across stages
+    (FLUX: 0-18 dual-stream, 19-56 single-stream); a stage boundary is a forced cut point."""
+
+    name: str
+    attr: str
+    count: int
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """How one diffusers transformer class is split, costed and driven.
 
@@ -49,6 +60,13 @@ class ModelSpec:
     int8_keep_fp: module-name globs inside a block group that INT8 export leaves in floating point
         (sensitive layers; the head and tail, with the patch/caption/time embeddings and the final
         projection, are never quantized).
+    streams: the tensors carried from block to block, each with its own Δ (PixArt: hidden_states;
+        SD3 / FLUX: hidden_states and encoder_hidden_states). The head outputs them first.
+    stream_ends(config): {stream: block index} for streams the blocks stop producing early (SD3's
+        last block is ``context_pre_only`` and returns no encoder_hidden_states): a group ending after
+        that block does not output the stream, and a cached range ending there has no Δ for it.
+    stages(config): the block stages in order (default: one stage over ``transformer_blocks``).
+    unbatched: tensor names without a batch axis (FLUX's position ids and rotary tables).
     """
 
     arch: str
@@ -67,14 +85,34 @@ class ModelSpec:
     from_forward_kwargs: Callable[..., dict]
     example_inputs: Callable[..., dict]
     int8_keep_fp: tuple[str, ...] = ()
+    streams: tuple[str, ...] = ("hidden_states",)
+    stream_ends: Callable[[dict], dict] = lambda config: {}
+    stages: Callable[[dict], tuple[Stage, ...]] = lambda config: (Stage("blocks", "transformer_blocks", config["num_layers"]),)
+    unbatched: tuple[str, ...] = ()
 
+    def num_blocks(self, config: dict) -> int:
+        return sum(st.count for st in self.stages(config))
+
+    def stage_cuts(self, config: dict) -> tuple[int, ...]:
+        """Block indices where a stage starts (other than 0): every block group is cut there."""
+        starts, at = [], 0
+        for st in self.stages(config)[:-1]:
+            at += st.count
+            starts.append(at)
+        return tuple(starts)
+
+    def streams_after(self, config: dict, block: int) -> tuple[str, ...]:
+        """The streams alive after block ``block`` ran (``block`` = -1: the head's output)."""
+        ends = self.stream_ends(config)
+        return tuple(s for s in self.streams if block < ends.get(s, 1 << 30))
 
     def segments(self, config: dict, groups) -> tuple[Segment, ...]:
         """Head, one segment per block group, tail; with their tensor names."""
-        head_out = ("hidden_states",) + tuple(dict.fromkeys(self.context + self.tail_context))
+        head_out = self.streams + tuple(n for n in dict.fromkeys(self.context + self.tail_context) if n not in self.streams)
         segs = [Segment("head", "head", None, self.head_inputs(config), head_out)]
         for g in groups:
-            segs.append(Segment(g.name, "group", (g.start, g.stop), ("hidden_states",) + self.context, ("hidden_states",)))
+            segs.append(Segment(g.name, "group", (g.start, g.stop), self.streams_after(config, g.start - 1) + self.context,
+                                self.streams_after(config, g.stop - 1)))
         segs.append(Segment("tail", "tail", None, ("hidden_states",) + self.tail_context, ("sample",)))
         return tuple(segs)
 
