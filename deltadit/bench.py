@@ -68,9 +68,9 @@ def _conditions(bundle, gen):
     """Seeded (cond, uncond) of the bundle's shapes (the text encoder is not part of the timing)."""
     import torch
 
-    ex, cfg = bundle.manifest["export"], bundle.config
+    ex, cfg = bundle.manifest.export, bundle.config
     if bundle.spec.cond_input == "encoder_hidden_states":
-        L = ex["text_len"]
+        L = ex.text_len
         cond = {"encoder_hidden_states": torch.randn(1, L, cfg["caption_channels"], generator=gen), "encoder_attention_mask": torch.ones(1, L)}
         uncond = {"encoder_hidden_states": torch.randn(1, L, cfg["caption_channels"], generator=gen), "encoder_attention_mask": torch.ones(1, L)}
     else:
@@ -85,18 +85,19 @@ def run_loop(executor, bundle, seed: int = 0):
 
     m = bundle.manifest
     gen = torch.Generator().manual_seed(seed)
-    side = m["export"]["latent_side"]
-    sched, latents = prepare(m["sampling"], executor.plan.num_steps, (1, bundle.config["in_channels"], side, side), gen)
+    side = m.export.latent_side
+    sampling = {"scheduler": m.sampling.scheduler, "scheduler_config": m.sampling.scheduler_config}
+    sched, latents = prepare(sampling, executor.plan.num_steps, (1, bundle.config["in_channels"], side, side), gen)
     cond, uncond = _conditions(bundle, gen)
     with torch.no_grad():
-        return denoise(executor, bundle.spec, bundle.config, sched, latents, cond, uncond, m["sampling"]["guidance_scale"])
+        return denoise(executor, bundle.spec, bundle.config, sched, latents, cond, uncond, m.sampling.guidance_scale)
 
 
 def step_feeds(bundle):
     import torch
 
-    ex = bundle.manifest["export"]
-    return bundle.spec.example_inputs(bundle.config, ex["opt_batch"], ex["text_len"], ex["latent_side"], torch.Generator().manual_seed(0))
+    ex = bundle.manifest.export
+    return bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side, torch.Generator().manual_seed(0))
 
 
 def path_steps(plan) -> dict:
@@ -154,7 +155,7 @@ def segment_sum(plan_step, times: dict, bundle) -> float:
 
 
 def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, progress: bool = True) -> None:
-    from tqdm import tqdm
+    from deltadit.console import track
 
     for c in configs:
         c.results = {"loop": [], "paths": {}, "segments": {}, "in_step": {}}
@@ -169,23 +170,20 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
     for c in configs:
         if c.backend == "onnxrt":
             timed_segments.setdefault(id(c.bundle), c)
-    bar = tqdm(total=repeats * len(configs), desc="bench rounds", disable=not progress)
-    for _ in range(repeats):
-        for c in configs:
-            paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend == "onnxrt" else None)
-            for k, v in paths.items():
-                c.results["paths"].setdefault(k, []).append(v)
-            for k, segs in inside.items():
-                c.results["in_step"].setdefault(k, []).append(segs)
-            if c is timed_segments.get(id(c.bundle)):  # once per bundle and round
-                for k, v in time_segments(c.bundle, c.feeds).items():
-                    c.results["segments"].setdefault(k, []).append(v)
-            if loops:
-                tic = time.perf_counter()
-                run_loop(c.executor, c.bundle)
-                c.results["loop"].append(time.perf_counter() - tic)
-            bar.update(1)
-    bar.close()
+    rounds = [c for _ in range(repeats) for c in configs]
+    for c in track(rounds, "bench rounds", enabled=progress, unit="runs"):
+        paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend == "onnxrt" else None)
+        for k, v in paths.items():
+            c.results["paths"].setdefault(k, []).append(v)
+        for k, segs in inside.items():
+            c.results["in_step"].setdefault(k, []).append(segs)
+        if c is timed_segments.get(id(c.bundle)):  # once per bundle and round
+            for k, v in time_segments(c.bundle, c.feeds).items():
+                c.results["segments"].setdefault(k, []).append(v)
+        if loops:
+            tic = time.perf_counter()
+            run_loop(c.executor, c.bundle)
+            c.results["loop"].append(time.perf_counter() - tic)
 
 
 def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
@@ -306,7 +304,7 @@ def build_configs(bundles: list[str], torch_baselines: bool, bf16_plan: bool) ->
     for path in bundles:
         b = load(path)
         first = first or b
-        label = f"{Path(path).name} ({b.manifest['precision']})"
+        label = f"{Path(path).name} ({b.manifest.precision})"
         configs.append(Config(f"ort {label}", b.uncached, "onnxrt", False, b, b.plan))
         configs.append(Config(f"ort {label}+{b.plan.variant}", b.executor, "onnxrt", True, b, b.plan))
     if torch_baselines and first is not None:
@@ -337,17 +335,22 @@ def _torch_model(bundle):
     or the source weights."""
     from deltadit.export.load import build_transformer
 
-    m = bundle.manifest["model"]
-    return build_transformer(m["arch"], m["config"], m["source"], m["random_init"], m["seed"] or 0)
+    m = bundle.manifest.model
+    return build_transformer(m.arch, m.config, m.source, m.random_init, m.seed or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="deltadit bench", description="Latency per configuration, side by side.")
+    from deltadit import validate
+    from deltadit.cli import ArgumentParser, flag
+
+    p = ArgumentParser(prog="deltadit bench", description="Latency per configuration, side by side.")
     p.add_argument("bundles", nargs="*")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=flag(validate.integer, "--repeats", 1, validate.MAX_REPEATS, parse=int), default=5,
+                   help=f"timed rounds, in [1, {validate.MAX_REPEATS}] (default 5)")
+    p.add_argument("--warmup", type=flag(validate.integer, "--warmup", 0, validate.MAX_REPEATS, parse=int), default=1,
+                   help="untimed rounds first (default 1)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--no-loops", action="store_true", help="time step paths and segments only (no whole loops)")
     p.add_argument("--memory", nargs="?", const="*", metavar="PATTERNS",
@@ -373,12 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs:
         configs = select_configs(configs, args.configs)
     first = configs[0].bundle
-    ex = first.manifest["export"]
-    block = first.spec.block_macs(first.config, ex["text_len"], ex["latent_side"] * 8)
+    ex = first.manifest.export
+    block = first.spec.block_macs(first.config, ex.text_len, ex.latent_side * 8)
     bench(configs, args.repeats, args.warmup, loops=not args.no_loops)
-    summary = summarize(configs, block, ex["opt_batch"])
+    summary = summarize(configs, block, ex.opt_batch)
     summary.update({"repeats": args.repeats, "warmup": args.warmup, "bundles": args.bundles,
-                    "random_init": bool(first.manifest["model"]["random_init"]), "model": first.manifest["model"]["preset"]})
+                    "random_init": first.manifest.model.random_init, "model": first.manifest.model.preset})
     if args.memory:
         for c in select_configs(configs, args.memory):
             kind = ("torch" if c.backend == "torch" else "ort") + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else "")

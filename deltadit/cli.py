@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"INT8 calibration generations, in [1, {validate.MAX_CALIB_COUNT}] (default 4)")
     e.add_argument("--latency-repeats", type=flag(integer, "--latency-repeats", 1, validate.MAX_REPEATS, parse=int),
                    default=5, help=f"timed loops per row, in [1, {validate.MAX_REPEATS}] (default 5)")
-    e.add_argument("--out", default="eval/animals", help="folder for bundles, results.json, table.md, grids/")
+    e.add_argument("--out", type=flag(lambda name, value: str(validate.output_folder(name, value)), "--out"),
+                   default="eval/animals", help="folder for bundles, results.json, table.md, grids/")
     e.set_defaults(func=cmd_eval)
     for command in sub.choices.values():
         add_global_args(command, default=argparse.SUPPRESS)

@@ -4,6 +4,9 @@ On a terminal (stderr is a TTY) progress is a live tqdm bar; in a log (stderr re
 one-line messages with no carriage returns or escape codes: a line when a stage starts and one when a
 counted task finishes ("denoise: 20/20 steps, 3.1 s"). Everything goes to stderr, so stdout holds only
 a command's result.
+
+:class:`quiet_third_party` hides what torch / diffusers / transformers / ModelOpt warn about on their
+own account (deprecations, tracing notes, hub progress bars) unless a CLI is run with --verbose.
 """
 
 from __future__ import annotations
@@ -90,3 +93,80 @@ def track(items: Iterable[T], desc: str, total: int | None = None, enabled: bool
     for n, item in enumerate(items, 1):
         yield item
     say(f"{desc}: {n}{f'/{total}' if total else ''} {unit}, {time.perf_counter() - tic:.1f} s", stream)
+
+
+# Modules whose warnings and log notices are hidden unless --verbose (they warn about their own
+# deprecations and about tracing, which a user of the tools cannot act on).
+THIRD_PARTY = ("torch", "diffusers", "transformers", "modelopt", "accelerate", "huggingface_hub", "onnx",
+               "onnxruntime", "onnxscript", "tensorrt", "timm")
+_QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",  # read when transformers configures its logger (first use)
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+class quiet_third_party:  # noqa: N801 - used like a function: quiet_third_party(verbose) or `with ...:`
+    """Hide third-party warnings and notices unless ``verbose``.
+
+    Applies on construction, so a CLI calls ``quiet_third_party(args.verbose)`` once; as a context manager
+    it also restores the warning filters, environment and logger levels on exit. Hidden: FutureWarning /
+    UserWarning / DeprecationWarning raised from the :data:`THIRD_PARTY` modules, torch's TracerWarning
+    (wherever the traced code lives), the transformers / diffusers loggers below ERROR and the Hugging
+    Face hub progress bars. Python's own ``-W`` options are overridden while it applies."""
+
+    def __init__(self, verbose: bool = False):
+        import logging
+        import os
+        import warnings
+
+        self.verbose = verbose
+        self._warnings = warnings.catch_warnings()  # saves the filters; restore() puts them back
+        self._warnings.__enter__()
+        self._env = {k: os.environ.get(k) for k in _QUIET_ENV}
+        self._levels = {n: logging.getLogger(n).level for n in THIRD_PARTY}
+        if verbose:
+            return
+        modules = r"(%s)(\.|$)" % "|".join(THIRD_PARTY)
+        for category in (FutureWarning, UserWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=modules)
+        # TracerWarning is attributed to the traced code (ours or diffusers'); matched by its text so that
+        # torch need not be imported here. Its messages all mention "the trace" / "traced function".
+        warnings.filterwarnings("ignore", message=r".*(\bthe trace\b|traced function)", category=Warning)
+        tracer = getattr(getattr(sys.modules.get("torch"), "jit", None), "TracerWarning", None)
+        if tracer is not None:
+            warnings.filterwarnings("ignore", category=tracer)
+        for key, value in _QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+        for name in THIRD_PARTY:
+            logging.getLogger(name).setLevel(max(logging.ERROR, logging.getLogger(name).level))
+        for name in ("transformers", "diffusers"):  # already configured: set their own verbosity too
+            module = sys.modules.get(f"{name}.utils.logging")
+            if module is not None and hasattr(module, "set_verbosity_error"):
+                module.set_verbosity_error()
+        hub = sys.modules.get("huggingface_hub.utils")
+        if hub is not None and hasattr(hub, "disable_progress_bars"):
+            hub.disable_progress_bars()
+
+    def __enter__(self) -> "quiet_third_party":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Undo what the constructor set (warning filters, environment, logger levels)."""
+        import logging
+        import os
+
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None
+        for key, value in self._env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -6,18 +6,20 @@ CFG batch. Counted from the model config alone; Tables 1-3 of the paper are the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
+from deltadit.errors import DeltaDiTError
 from deltadit.plan import DeltaPlan
 
 
 @dataclass(frozen=True)
 class CostReport:
-    """block_macs: one block, one sample.  cfg_batch: samples per image (2 with guidance).
+    """block_macs: one block, one sample (a tuple, one per block, where blocks differ).  cfg_batch: samples per image (2 with guidance).
     path_macs: per step path ("full" or "cached [s,e)"), MACs for one image at that step.
     baseline_macs: every step full.  plan_macs: the plan.  ratio = plan / baseline.
     speedup_bound = baseline / plan: the speed-up if block MACs were the only cost."""
 
-    block_macs: int
+    block_macs: int | tuple[int, ...]
     cfg_batch: int
     path_macs: dict[str, int]
     baseline_macs: int
@@ -36,15 +38,24 @@ def path_name(step) -> str:
     return "full" if step.cached is None else f"cached [{step.cached[0]},{step.cached[1]})"
 
 
-def plan_costs(plan: DeltaPlan, block_macs: int, cfg_batch: int) -> CostReport:
-    """Cost of a plan given one block's MACs per sample (e.g. ``spec.block_macs(config, text_len)``)."""
-    per_step = block_macs * cfg_batch
+def plan_costs(plan: DeltaPlan, block_macs: int | Sequence[int], cfg_batch: int) -> CostReport:
+    """Cost of a plan given the blocks' MACs per sample (``spec.block_macs(config, text_len)``): one
+    number when every block costs the same, else one per block (SD3's last block has no context
+    output; FLUX's dual- and single-stream stages differ)."""
+    per_block = [block_macs] * plan.num_blocks if isinstance(block_macs, int) else [int(m) for m in block_macs]
+    if len(per_block) != plan.num_blocks:
+        raise DeltaDiTError(f"block MACs | {len(per_block)} blocks costed, but the plan has {plan.num_blocks}. "
+                            "Expected: one MAC count per block of the model the plan was built for.")
+    full = sum(per_block) * cfg_batch
+
+    def step_macs(step) -> int:
+        return full if step.cached is None else full - sum(per_block[step.cached[0]:step.cached[1]]) * cfg_batch
+
     paths: dict[str, int] = {}
     for step in plan:
-        paths.setdefault(path_name(step), plan.blocks_run(step) * per_step)
-    baseline = plan.num_steps * plan.num_blocks * per_step
-    total = sum(plan.blocks_run(s) for s in plan) * per_step
-    return CostReport(block_macs, cfg_batch, paths, baseline, total)
+        paths.setdefault(path_name(step), step_macs(step))
+    uniform = block_macs if isinstance(block_macs, int) else (per_block[0] if len(set(per_block)) == 1 else tuple(per_block))
+    return CostReport(uniform, cfg_batch, paths, plan.num_steps * full, sum(step_macs(s) for s in plan))
 
 
 def format_macs(macs: float) -> str:

@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from deltadit.errors import DeltaDiTError, raise_if
+from deltadit.validate import MAX_BLOCKS, MAX_STEPS, fraction
 
 VARIANTS = ("delta-dit", "opposite", "shallow", "middle", "deep", "none")
 PLAN_FORMAT = 1
@@ -127,14 +128,22 @@ class DeltaPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DeltaPlan":
+        """The plan stored as ``d`` (from :meth:`to_dict`, e.g. a bundle manifest's), rebuilt from its
+        parameters and checked step by step; a malformed dict raises a DeltaDiTError naming the field."""
+        if not isinstance(d, dict):
+            raise DeltaDiTError(f"plan | {type(d).__name__} is not a plan. Expected: a JSON object as written by deltadit.")
         fmt = d.get("format", PLAN_FORMAT)
         if fmt != PLAN_FORMAT:
-            raise DeltaDiTError(f"plan | format {fmt} is not supported. Expected: format {PLAN_FORMAT}.")
+            raise DeltaDiTError(f"plan | format {fmt!r} is not supported. Expected: format {PLAN_FORMAT}.")
+        missing = [k for k in ("num_steps", "num_blocks", "n_c", "b", "interval", "variant", "steps") if k not in d]
+        if missing:
+            raise DeltaDiTError(f"plan | missing field(s) {', '.join(missing)}. Expected: a plan written by deltadit.")
+        # build_plan checks the parameters' types and bounds, so a huge num_steps fails before any work.
         plan = build_plan(d["num_steps"], d["num_blocks"], d["n_c"], d["b"], d["interval"], d["variant"])
-        steps = tuple(
-            StepAction(s["t"], tuple(s["cached"]) if s["cached"] else None, tuple(tuple(r) for r in s["record"]))
-            for s in d["steps"]
-        )
+        if not isinstance(d["steps"], list) or len(d["steps"]) != plan.num_steps:
+            raise DeltaDiTError(f"plan steps | {_describe(d['steps'])} for num_steps {plan.num_steps}. "
+                                f"Expected: a list of {plan.num_steps} step objects.")
+        steps = tuple(_step_from_dict(i, s) for i, s in enumerate(d["steps"]))
         if steps != plan.steps:
             raise DeltaDiTError(
                 "plan | the stored steps do not match what its parameters produce. "
@@ -144,7 +153,44 @@ class DeltaPlan:
 
     @classmethod
     def from_json(cls, text: str) -> "DeltaPlan":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise DeltaDiTError(f"plan | not valid JSON ({e}). Expected: a plan written by deltadit.") from None
+        return cls.from_dict(d)
+
+
+def _describe(value) -> str:
+    return f"{len(value)} entries" if isinstance(value, list) else f"a {type(value).__name__}"
+
+
+def _block_range(value) -> BlockRange | None:
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_BLOCKS for x in value)):
+        return (value[0], value[1])
+    return None
+
+
+def _step_from_dict(i: int, s) -> StepAction:
+    """One stored step ({"t", "cached": [start, stop] | null, "record": [[start, stop], ...]})."""
+    where = f"plan steps[{i}]"
+    if not isinstance(s, dict) or not {"t", "cached", "record"} <= s.keys():
+        raise DeltaDiTError(f"{where} | {s!r:.80} is not a step. Expected: an object with t, cached, record.")
+    if not isinstance(s["t"], int) or isinstance(s["t"], bool):
+        raise DeltaDiTError(f"{where}.t | {s['t']!r:.40} is not an integer. Expected: the step number {i + 1}.")
+    cached = None if s["cached"] is None else _block_range(s["cached"])
+    if s["cached"] is not None and cached is None:
+        raise DeltaDiTError(f"{where}.cached | {s['cached']!r:.60} is not a block range. "
+                            f"Expected: null or [start, stop] with 0 <= start, stop <= {MAX_BLOCKS}.")
+    record = s["record"]
+    if not isinstance(record, list) or len(record) > MAX_BLOCKS or any(_block_range(r) is None for r in record):
+        raise DeltaDiTError(f"{where}.record | {record!r:.60} is not a list of block ranges. "
+                            "Expected: a list of [start, stop] pairs.")
+    return StepAction(s["t"], cached, tuple(_block_range(r) for r in record))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _range_for(variant: str, t: int, b: int, n_c: int, n_b: int) -> BlockRange:
@@ -165,28 +211,38 @@ def _range_for(variant: str, t: int, b: int, n_c: int, n_b: int) -> BlockRange:
 
 def validate(num_steps: int, num_blocks: int, n_c: int, b: int, interval: int, variant: str) -> None:
     """Check plan parameters; raise one DeltaDiTError naming every bad one and its valid range."""
+    problems = plan_problems(num_steps, num_blocks, n_c, b, interval, variant)
+    raise_if(problems, "Invalid Δ-DiT plan parameters:" if len(problems) > 1 else None)
+
+
+def plan_problems(num_steps: int, num_blocks: int, n_c: int, b: int, interval: int, variant: str) -> list[str]:
+    """What :func:`validate` would refuse, one message per bad parameter (for callers that collect)."""
     problems = []
-    if variant not in VARIANTS:
-        problems.append(f"variant | '{variant}' is unknown. Expected: one of {', '.join(VARIANTS)}.")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        problems.append(f"steps | {num_steps!r} is not a valid step count. Expected: an integer >= 1.")
-    if not isinstance(num_blocks, int) or num_blocks < 1:
-        problems.append(f"num_blocks | {num_blocks!r} is not a valid block count. Expected: an integer >= 1.")
-    if not isinstance(interval, int) or interval < 1:
-        problems.append(f"interval (N) | {interval!r} is out of range. Expected: an integer >= 1 (2 in the paper).")
-    if isinstance(num_blocks, int) and num_blocks >= 1:
-        if not isinstance(n_c, int) or not 0 <= n_c <= num_blocks:
+    if not isinstance(variant, str) or variant not in VARIANTS:
+        problems.append(f"variant | {variant!r:.40} is unknown. Expected: one of {', '.join(VARIANTS)}.")
+    steps_ok = _is_int(num_steps) and 1 <= num_steps <= MAX_STEPS
+    blocks_ok = _is_int(num_blocks) and 1 <= num_blocks <= MAX_BLOCKS
+    if not steps_ok:
+        problems.append(f"steps | {num_steps!r:.40} is not a valid step count. Expected: an integer in [1, {MAX_STEPS}].")
+    if not blocks_ok:
+        problems.append(f"num_blocks | {num_blocks!r:.40} is not a valid block count. "
+                        f"Expected: an integer in [1, {MAX_BLOCKS}].")
+    if not (_is_int(interval) and 1 <= interval <= MAX_STEPS):
+        problems.append(f"interval (N) | {interval!r:.40} is out of range. "
+                        f"Expected: an integer in [1, {MAX_STEPS}] (2 in the paper).")
+    if blocks_ok:
+        if not _is_int(n_c) or not 0 <= n_c <= num_blocks:
             problems.append(
-                f"nc (N_c) | {n_c!r} is out of range for a model with {num_blocks} blocks. "
+                f"nc (N_c) | {n_c!r:.40} is out of range for a model with {num_blocks} blocks. "
                 f"Expected: an integer in [0, {num_blocks}]."
             )
-    if isinstance(num_steps, int) and num_steps >= 1:
-        if not isinstance(b, int) or not 0 <= b <= num_steps:
+    if steps_ok:
+        if not _is_int(b) or not 0 <= b <= num_steps:
             problems.append(
-                f"b | {b!r} is out of range for {num_steps} steps. Expected: an integer in [0, {num_steps}] "
+                f"b | {b!r:.40} is out of range for {num_steps} steps. Expected: an integer in [0, {num_steps}] "
                 "(cached steps with t <= b use the deep blocks; t counts from 1)."
             )
-    raise_if(problems, "Invalid Δ-DiT plan parameters:" if len(problems) > 1 else None)
+    return problems
 
 
 def build_plan(
@@ -238,11 +294,7 @@ def plan_from_budget(
     full/cached pattern as the rest, so they cost at most what Eq. 7 assumed. If Eq. 6's N cannot meet
     the budget even with N_c = N_b, the next larger N is tried.
     """
-    if not (isinstance(budget, (int, float)) and 0 < budget <= 1):
-        raise DeltaDiTError(
-            f"budget | {budget!r} is out of range. Expected: a fraction of the uncached MACs in (0, 1], "
-            "e.g. 0.625 for the paper's 1.6x setting."
-        )
+    budget = fraction("budget", budget, " of the uncached MACs, e.g. 0.625 for the paper's 1.6x setting")
     validate(num_steps, num_blocks, 0, b, 1, variant)
     total = num_steps * num_blocks  # in units of M_b
     m_g = budget * total

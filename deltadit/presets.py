@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from deltadit.errors import DeltaDiTError
+from deltadit import validate as v
+from deltadit.errors import DeltaDiTError, raise_if
+from deltadit.schedulers import SCHEDULER_NAMES
 from deltadit.sources import EMBEDDED, resolve_source  # noqa: F401 - re-exported for presets users
 
 
@@ -17,7 +20,9 @@ class Preset:
     transformer: the diffusers transformer config.  steps/b/nc/interval/variant: the Δ-DiT plan.
     scheduler, guidance_scale (<= 1 means no CFG), text_len (caption tokens), resolution (px).
     vae_scale: pixels per latent pixel (8 for SD-style VAEs, 1 for a pixel-space model); decoder: "vae"
-    (latents decode with the pipeline's VAE) or "pixels" (the latents are the image in [-1, 1])."""
+    (latents decode with the pipeline's VAE) or "pixels" (the latents are the image in [-1, 1]).
+    prompts: the words a trained-here model knows (its caption classes); empty for open-vocabulary models.
+    Loading and :meth:`with_overrides` check every value (:meth:`check`)."""
 
     name: str
     description: str
@@ -36,6 +41,7 @@ class Preset:
     scheduler_config: dict = field(default_factory=dict)
     vae_scale: int = 8
     decoder: str = "vae"
+    prompts: tuple[str, ...] = ()
 
     @property
     def latent_side(self) -> int:
@@ -53,11 +59,85 @@ class Preset:
         return 2 if self.guidance_scale > 1.0 else 1
 
     def with_overrides(self, **values) -> "Preset":
-        """A copy with the non-None values replaced (CLI flags override preset values)."""
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
+        """A checked copy with the non-None values replaced (CLI flags override preset values)."""
+        return replace(self, **{k: x for k, x in values.items() if x is not None}).check()
+
+    def check(self) -> "Preset":
+        """Return self, or raise one DeltaDiTError listing every value out of range."""
+        problems = self.problems()
+        raise_if(problems, f"preset {self.name} | invalid values:" if len(problems) > 1 else None)
+        return self
+
+    def problems(self) -> list[str]:
+        """One message per bad value (architecture, plan, sampling, scheduler, prompts)."""
+        from deltadit.models.spec import known_archs
+        from deltadit.plan import plan_problems
+
+        out = []
+
+        def need(check, *args, **kwargs):
+            try:
+                return check(*args, **kwargs)
+            except DeltaDiTError as e:
+                out.append(str(e))
+                return None
+
+        if self.arch not in known_archs():
+            out.append(f"arch | {self.arch!r:.40} is not supported. Expected: one of {', '.join(known_archs())}.")
+        if not isinstance(self.transformer, dict):
+            out.append(f"transformer | a {type(self.transformer).__name__} is not a config. "
+                       "Expected: a [transformer] table with the diffusers model config.")
+            blocks = patch = None
+        else:
+            blocks = need(v.integer, "transformer num_layers", self.transformer.get("num_layers"), 1, v.MAX_BLOCKS)
+            patch = need(v.integer, "transformer patch_size", self.transformer.get("patch_size"), 1, 64)
+        # a bad num_layers is reported above; the plan is then checked against the largest block count
+        out += plan_problems(self.steps, blocks or v.MAX_BLOCKS, self.nc, self.b, self.interval, self.variant)
+        need(v.real, "guidance_scale", self.guidance_scale, 0, v.MAX_GUIDANCE, " (<= 1 means no guidance)")
+        need(v.integer, "text_len", self.text_len, 0, v.MAX_TEXT_LEN, " caption tokens")
+        vae = need(v.integer, "vae_scale", self.vae_scale, 1, 64, " pixels per latent pixel (8 for SD VAEs, 1 in pixel space)")
+        res = need(v.integer, "resolution (--resolution)", self.resolution, 1, v.MAX_RESOLUTION, " pixels")
+        if None not in (res, patch, vae):
+            multiple = patch * vae
+            if res % multiple:
+                out.append(f"resolution (--resolution) | {res} px is not a multiple of {multiple} (patch_size {patch} "
+                           f"x vae_scale {vae}). Expected: a positive multiple of {multiple} up to {v.MAX_RESOLUTION}, "
+                           f"e.g. {max(multiple, res // multiple * multiple)}.")
+            elif res // vae > v.MAX_LATENT_SIDE:
+                out.append(f"resolution (--resolution) | {res} px is {res // vae} latent pixels per side. "
+                           f"Expected: at most {v.MAX_LATENT_SIDE * vae} px.")
+        if self.decoder not in DECODERS:
+            out.append(f"decoder | {self.decoder!r:.40} is unknown. Expected: one of {', '.join(DECODERS)}.")
+        if self.scheduler not in SCHEDULER_NAMES:
+            out.append(f"scheduler | {self.scheduler!r:.40} is unknown. Expected: one of {', '.join(SCHEDULER_NAMES)}.")
+        if not isinstance(self.scheduler_config, dict):
+            out.append(f"scheduler_config | a {type(self.scheduler_config).__name__} is not a config. "
+                       "Expected: a [scheduler_config] table.")
+        elif "num_train_timesteps" in self.scheduler_config:
+            need(v.integer, "scheduler_config num_train_timesteps", self.scheduler_config["num_train_timesteps"], 1,
+                 v.MAX_TRAIN_TIMESTEPS)
+        if not (isinstance(self.prompts, tuple) and all(isinstance(w, str) and w.strip() for w in self.prompts)):
+            out.append(f"prompts | {self.prompts!r:.60} is not a list of words. Expected: e.g. prompts = [\"bear\", \"cat\"].")
+        return out
 
 
 DEFAULT = "animals"  # the embedded, trained default model
+DECODERS = ("vae", "pixels")
+SECTIONS = ("plan", "sampling", "transformer", "scheduler_config")  # the tables of a preset file
+
+
+def unknown_prompt_warning(preset_name: str, prompt: str | None) -> str | None:
+    """A one-line warning when ``prompt`` names none of the words preset ``preset_name`` knows (its
+    ``prompts``), else None (also for presets without a word list, or that no longer load)."""
+    try:
+        words = load_preset(preset_name).prompts
+    except DeltaDiTError:
+        return None
+    if not words or prompt is None or set(re.findall(r"\w+", prompt.lower())) & {w.lower() for w in words}:
+        return None
+    return (f"warning: prompt {prompt!r} names none of the words model '{preset_name}' was trained on, so the image "
+            f"will not follow it. Expected: one of {', '.join(words)} (e.g. \"a {words[0]}\").")
+
 
 def available() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in resources.files("deltadit.configs").iterdir() if p.name.endswith(".toml"))
@@ -75,17 +155,31 @@ def load_preset(name_or_path: str) -> Preset:
                 f"model | '{name_or_path}' is not a preset or a .toml file. Expected: one of {', '.join(available())}."
             )
         text, name = entry.read_text(), name_or_path
-    d = tomllib.loads(text)
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise DeltaDiTError(f"preset {name} | not valid TOML ({e}). Expected: the layout of configs/pixart.toml.") from None
+    wrong = [f"[{k}] is a {type(d[k]).__name__}" for k in SECTIONS if k in d and not isinstance(d[k], dict)]
+    if wrong:
+        raise DeltaDiTError(f"preset {name} | {', '.join(wrong)}, not a table. Expected: the layout of "
+                            "configs/pixart.toml (e.g. a [transformer] section of key = value lines).")
     try:
         plan, sampling = d["plan"], d["sampling"]
-        return Preset(
+        preset = Preset(
             name=name, description=d.get("description", name), arch=d["arch"], source=d.get("source", ""),
             transformer=dict(d["transformer"]), steps=plan["steps"], b=plan["b"], nc=plan["nc"],
             interval=plan.get("interval", 2), variant=plan.get("variant", "delta-dit"),
-            scheduler=sampling["scheduler"], guidance_scale=float(sampling["guidance_scale"]),
-            text_len=int(sampling.get("text_len", 0)), resolution=int(sampling["resolution"]),
+            scheduler=sampling["scheduler"], guidance_scale=_float(sampling["guidance_scale"]),
+            text_len=sampling.get("text_len", 0), resolution=sampling["resolution"],
             scheduler_config=dict(d.get("scheduler_config", {})),
-            vae_scale=int(sampling.get("vae_scale", 8)), decoder=sampling.get("decoder", "vae"),
+            vae_scale=sampling.get("vae_scale", 8), decoder=sampling.get("decoder", "vae"),
+            prompts=tuple(d["prompts"]) if isinstance(d.get("prompts"), list) else d.get("prompts", ()),
         )
     except KeyError as e:
         raise DeltaDiTError(f"preset {name} | missing key {e}. Expected: the layout of configs/pixart.toml.") from None
+    return preset.check()
+
+
+def _float(x):
+    """Ints as floats (TOML ``4`` for 4.0); anything else unchanged, for :meth:`Preset.check` to judge."""
+    return float(x) if isinstance(x, int) and not isinstance(x, bool) else x

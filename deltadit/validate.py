@@ -7,6 +7,8 @@ the accepted range, so callers validate everything before any work starts.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
 
@@ -24,6 +26,10 @@ MAX_BATCH = 256             # batch an engine / bundle accepts
 MAX_TRAIN_TIMESTEPS = 10000 # a scheduler's num_train_timesteps
 MAX_CALIB_COUNT = 1000      # INT8 calibration generations
 MAX_GUIDANCE = 100.0        # classifier-free guidance scale
+MAX_REPEATS = 1000          # timing rounds / repeats of a benchmark
+MAX_CLASSES = 100_000       # class labels of a class-conditional model (ImageNet DiT: 1000)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def integer(name: str, value, lo: int | None = None, hi: int | None = None, hint: str = "") -> int:
@@ -49,8 +55,50 @@ def real(name: str, value, lo: float | None = None, hi: float | None = None, hin
     return x
 
 
+def fraction(name: str, value, hint: str = "") -> float:
+    """A finite float in (0, 1]."""
+    x = real(name, value, 0.0, 1.0, hint)
+    if x == 0:
+        raise DeltaDiTError(f"{name} | {value!r} is out of range. Expected: a number in (0, 1]{hint}.")
+    return x
+
+
 def seed(value, name: str = "seed") -> int:
     return integer(name, value, 0, SEED_MAX)
+
+
+def output_png(name: str, value) -> Path:
+    """A path a PNG may be written to: ends in .png, its folder exists or can be created, and it is not an
+    existing file of another kind (which would be overwritten). Creates nothing."""
+    path = Path(value)
+    if path.suffix.lower() != ".png":
+        raise DeltaDiTError(f"{name} | '{value}' does not end in .png. Expected: a .png file name, e.g. image.png.")
+    if path.is_dir():
+        raise DeltaDiTError(f"{name} | '{value}' is a folder. Expected: a .png file name, e.g. {path / 'image.png'}.")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                is_png = f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+        except OSError as e:
+            raise DeltaDiTError(f"{name} | '{value}' cannot be read ({e.strerror}). Expected: a writable path.") from None
+        if not is_png:
+            raise DeltaDiTError(f"{name} | '{value}' exists and is not a PNG; it will not be overwritten. "
+                                "Expected: a new file name or an existing PNG.")
+    output_folder(name, path.absolute().parent)
+    return path
+
+
+def output_folder(name: str, value) -> Path:
+    """A folder that exists or can be created (no file in the way, the nearest existing one writable).
+    Creates nothing."""
+    folder = Path(value).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise DeltaDiTError(f"{name} | folder '{folder}' cannot be created: '{existing}' is a file. "
+                            "Expected: a path under a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DeltaDiTError(f"{name} | folder '{existing}' is not writable. Expected: a path you can write to.")
+    return Path(value)
 
 
 def _range(lo, hi) -> str:

@@ -60,3 +60,128 @@ def test_console_script_help_is_fast_and_imports_no_torch():
     code = "import sys; from deltadit.cli import main; main(['plan', '--model', 'pixart']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["plan", "--steps", "1000000000"], "--steps | 1000000000 is out of range. Expected: an integer in [1, 1000]."),
+    (["plan", "--steps", "1e9"], "--steps | '1e9' is not an integer."),
+    (["plan", "--budget", "0"], "--budget | '0' is out of range. Expected: a number in (0, 1]."),
+    (["plan", "--variant", "fast"], "argument --variant: invalid choice: 'fast'"),
+    (["generate", "b", "--prompt", "a cat", "--guidance-scale", "inf"], "--guidance-scale | 'inf' is out of range."),
+    (["generate", "b", "--prompt", "a cat", "--guidance-scale", "nan"], "--guidance-scale | 'nan' is out of range."),
+    (["generate", "b", "--prompt", "a cat", "--seed", str(2**64)], f"--seed | {2**64} is out of range."),
+    (["generate", "b", "--prompt", "a cat", "--out", "cat.jpg"], "--out | 'cat.jpg' does not end in .png."),
+    (["check", "b", "--steps", "0"], "--steps | 0 is out of range."),
+    (["eval", "--per-class", "100000"], "--per-class | 100000 is out of range. Expected: an integer in [1, 1000]."),
+    (["eval", "--rows", "baseline,turbo"], "--rows | 'turbo' unknown."),
+    (["eval", "--out", __file__], "is a file. Expected: a path under a folder."),
+    (["bench", "--repeats", "0"], "--repeats | 0 is out of range."),
+])
+def test_bad_values_fail_at_parse_time_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+
+
+@pytest.mark.parametrize("command", ["plan", "check", "generate", "bench", "eval"])
+def test_every_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0 and out.startswith(f"usage: deltadit {command}")
+    if command == "bench":
+        assert "--repeats" in out  # bench's own parser, not the stub
+    if command == "generate":  # the embedded model's words, read from its preset
+        assert all(word in " ".join(out.split()) for word in load_preset("animals").prompts)
+
+
+@pytest.mark.parametrize("raised,code,line", [
+    (DeltaDiTError("thing | broke. Expected: fixed."), 2, "error: thing | broke. Expected: fixed."),
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (MemoryError(), 1, "error: out of memory."),
+    (RuntimeError("boom\nsecond line"), 1, "error: internal error: RuntimeError: boom (run with --debug for the traceback)"),
+])
+def test_failures_end_in_one_line(raised, code, line, capsys, monkeypatch):
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr("deltadit.cli.cmd_plan", fail)
+    assert main(["plan"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1
+    assert main(["plan", "--debug"]) == code
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_unknown_prompt_warning():
+    from deltadit.presets import unknown_prompt_warning
+
+    warning = unknown_prompt_warning("animals", "a unicorn")
+    assert warning.startswith("warning: prompt 'a unicorn' names none of the words") and "\n" not in warning
+    assert "bear, bird, cat" in warning
+    assert unknown_prompt_warning("animals", "A photo of a Giraffe.") is None
+    assert unknown_prompt_warning("pixart", "a unicorn") is None  # open vocabulary: no word list
+    assert unknown_prompt_warning("animals", None) is None  # class-conditional call
+
+
+def test_resolution_override_names_the_multiple():
+    with pytest.raises(DeltaDiTError, match=r"resolution \(--resolution\) \| 30 px is not a multiple of 16 "
+                                            r"\(patch_size 2 x vae_scale 8\)"):
+        load_preset("pixart").with_overrides(resolution=30)
+    assert load_preset("animals").with_overrides(resolution=32).latent_side == 32
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("arch", "sd9", r"arch \| 'sd9' is not supported"),
+    ("resolution", 10**6, r"resolution \(--resolution\) \| 1000000 is out of range"),
+    ("text_len", 10**6, r"text_len \| 1000000 is out of range"),
+    ("guidance_scale", float("inf"), r"guidance_scale \| inf is out of range"),
+    ("scheduler", "heun", r"scheduler \| 'heun' is unknown. Expected: one of dpm-solver\+\+, euler, ddim, lcm"),
+    ("scheduler_config", {"num_train_timesteps": 10**9}, r"num_train_timesteps \| 1000000000 is out of range"),
+    ("decoder", "jpeg", r"decoder \| 'jpeg' is unknown"),
+    ("transformer", {"num_layers": 10**6, "patch_size": 2}, r"num_layers \| 1000000 is out of range"),
+    ("steps", 10**9, r"steps \| 1000000000 is not a valid step count"),
+])
+def test_preset_values_are_checked(field, value, match):
+    with pytest.raises(DeltaDiTError, match=match):
+        load_preset("pixart").with_overrides(**{field: value})
+
+
+def test_preset_file_wrong_section_type(tmp_path):
+    text = (load_preset.__globals__["resources"].files("deltadit.configs") / "animals.toml").read_text()
+    bad = tmp_path / "mine.toml"
+    bad.write_text('transformer = "pixart"\n' + text.replace("[transformer]", "[transformer_unused]"))
+    with pytest.raises(DeltaDiTError, match=r"preset mine \| \[transformer\] is a str, not a table"):
+        load_preset(str(bad))
+    bad.write_text(text.replace("resolution = 28", "resolution = 30"))
+    with pytest.raises(DeltaDiTError, match=r"resolution \(--resolution\) \| 30 px is not a multiple of 4"):
+        load_preset(str(bad))
+    bad.write_text("arch = [")
+    with pytest.raises(DeltaDiTError, match=r"preset mine \| not valid TOML"):
+        load_preset(str(bad))
+
+
+def test_scheduler_names_are_the_runtime_ones():
+    from deltadit.runtime.loop import SCHEDULERS
+    from deltadit.schedulers import SCHEDULER_NAMES
+
+    assert SCHEDULER_NAMES == tuple(SCHEDULERS)
+
+
+def test_generate_warns_about_a_prompt_the_model_does_not_know(monkeypatch, capsys, tmp_path):
+    import types
+
+    bundle = types.SimpleNamespace(manifest=types.SimpleNamespace(model=types.SimpleNamespace(preset="animals")))
+    monkeypatch.setattr("deltadit.runtime.load", lambda *a, **k: bundle)
+
+    def generate(*args, **kwargs):  # stop here: the warning must come before the work
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("deltadit.runtime.generation.generate", generate)
+    assert main(["generate", "b", "--prompt", "a unicorn", "--out", str(tmp_path / "u.png")]) == 130
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("warning: prompt 'a unicorn' names none of the words") and lines[1] == "interrupted"
+    assert main(["generate", "b", "--prompt", "a zebra", "--out", str(tmp_path / "z.png")]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

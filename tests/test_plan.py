@@ -94,9 +94,13 @@ def test_none_and_zero_nc_run_everything():
     (dict(num_steps=20, num_blocks=28, n_c=-1), r"nc \(N_c\) \| -1"),
     (dict(num_steps=20, num_blocks=28, n_c=21, b=21), r"b \| 21 is out of range for 20 steps.*\[0, 20\]"),
     (dict(num_steps=20, num_blocks=28, n_c=21, b=-1), r"b \| -1 is out of range"),
-    (dict(num_steps=20, num_blocks=28, n_c=21, interval=0), r"interval \(N\) \| 0 is out of range.*>= 1"),
-    (dict(num_steps=0, num_blocks=28, n_c=21), r"steps \| 0 is not a valid step count.*>= 1"),
+    (dict(num_steps=20, num_blocks=28, n_c=21, interval=0), r"interval \(N\) \| 0 is out of range.*\[1, 1000\]"),
+    (dict(num_steps=0, num_blocks=28, n_c=21), r"steps \| 0 is not a valid step count.*\[1, 1000\]"),
     (dict(num_steps=20, num_blocks=0, n_c=0), r"num_blocks \| 0"),
+    # Sizes past the bounds fail before any list is built (10**9 steps used to allocate gigabytes).
+    (dict(num_steps=10**9, num_blocks=28, n_c=21), r"steps \| 1000000000 is not a valid step count.*\[1, 1000\]"),
+    (dict(num_steps=20, num_blocks=10**6, n_c=21), r"num_blocks \| 1000000 is not a valid block count.*\[1, 512\]"),
+    (dict(num_steps=True, num_blocks=28, n_c=21), r"steps \| True is not a valid step count"),
     (dict(num_steps=20, num_blocks=28, n_c=21, variant="fast"), r"variant \| 'fast' is unknown.*delta-dit"),
 ])
 def test_bad_parameters(kwargs, match):
@@ -153,3 +157,46 @@ def test_budget_errors():
         plan_from_budget(20, 28, 1.5)
     with pytest.raises(DeltaDiTError, match="cannot be met"):
         plan_from_budget(3, 28, 0.3)
+
+
+def test_budget_refuses_sizes_past_the_bounds():
+    with pytest.raises(DeltaDiTError, match=r"steps \| 1000000000 is not a valid step count"):
+        plan_from_budget(10**9, 28, 0.5)
+    with pytest.raises(DeltaDiTError, match=r"num_blocks \| 4096 is not a valid block count"):
+        plan_from_budget(20, 4096, 0.5)
+    with pytest.raises(DeltaDiTError, match=r"budget \| nan is out of range"):
+        plan_from_budget(20, 28, float("nan"))
+
+
+def _stored(**changes) -> dict:
+    d = build_plan(4, 12, 9, 2).to_dict()
+    for key, value in changes.items():
+        if value is KeyError:
+            del d[key]
+        else:
+            d[key] = value
+    return d
+
+
+@pytest.mark.parametrize("d,match", [
+    ([1, 2], r"plan \| list is not a plan"),
+    (_stored(n_c=KeyError, b=KeyError), r"plan \| missing field\(s\) n_c, b"),
+    (_stored(num_steps="4"), r"steps \| '4' is not a valid step count"),
+    (_stored(num_steps=10**12), r"steps \| 1000000000000 is not a valid step count"),
+    (_stored(variant=["delta-dit"]), r"variant \| \['delta-dit'\] is unknown"),
+    (_stored(steps={"t": 1}), r"plan steps \| a dict for num_steps 4"),
+    (_stored(steps=[{"t": 1}] * 4), r"plan steps\[0\] \| .* is not a step"),
+    (_stored(steps=[{"t": "1", "cached": None, "record": []}] * 4), r"plan steps\[0\]\.t \| '1' is not an integer"),
+    (_stored(steps=[{"t": 1, "cached": [0, 2, 3], "record": []}] * 4), r"plan steps\[0\]\.cached \| \[0, 2, 3\] is not a block range"),
+    (_stored(steps=[{"t": 1, "cached": None, "record": [[0, "9"]]}] * 4), r"plan steps\[0\]\.record \|"),
+])
+def test_malformed_plan_dict_names_the_field(d, match):
+    with pytest.raises(DeltaDiTError, match=match):
+        DeltaPlan.from_dict(d)
+    with pytest.raises(DeltaDiTError, match=match):
+        DeltaPlan.from_json(json.dumps(d))
+
+
+def test_plan_json_that_does_not_parse():
+    with pytest.raises(DeltaDiTError, match=r"plan \| not valid JSON"):
+        DeltaPlan.from_json('{"num_steps": 4,')

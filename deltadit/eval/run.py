@@ -25,6 +25,7 @@ import numpy as np
 
 from deltadit.errors import DeltaDiTError
 
+MAX_PER_CLASS = 1000  # generated images per class prompt and row (animal-mnist has 1000 real ones per class)
 ROWS = ("baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8")
 
 
@@ -74,7 +75,7 @@ def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
                 and m["model"].get("weights_sha256") == weights_fingerprint(preset.source)):
             return out
     p = preset.with_overrides(steps=row.plan.num_steps)
-    export_bundle(p, row.plan, out, progress=False, build_engines=False,
+    export_bundle(p, row.plan, out, progress=False, build_engines=False, force=True,  # replaces a stale bundle
                   int8=Int8Options(count=calib_count) if row.int8 else None)
     return out
 
@@ -86,17 +87,18 @@ def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditi
     from deltadit.runtime.loop import denoise, prepare
 
     m = bundle.manifest
-    side, ch = m["export"]["latent_side"], bundle.config["in_channels"]
+    side, ch = m.export.latent_side, bundle.config["in_channels"]
+    sampling = {"scheduler": m.sampling.scheduler, "scheduler_config": m.sampling.scheduler_config}
     images = []
     for prompt in prompts:
         cond, uncond = conditioner(prompt)
         cond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in cond.items()}
         uncond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in uncond.items()}
-        scheduler, latents = prepare(m["sampling"], bundle.plan.num_steps, (per_class, ch, side, side),
+        scheduler, latents = prepare(sampling, bundle.plan.num_steps, (per_class, ch, side, side),
                                      [torch.Generator().manual_seed(seed + k) for k in range(per_class)])
         with torch.no_grad():
             x = denoise(bundle.executor(), bundle.spec, bundle.config, scheduler, latents, cond, uncond,
-                        m["sampling"]["guidance_scale"])
+                        m.sampling.guidance_scale)
         images.append((x / 2 + 0.5).clamp(0, 1)[:, 0].numpy())
     return np.concatenate(images)
 
@@ -161,8 +163,8 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
              latency_repeats: int = 5, reference_per_class: int = 100, progress: bool = True) -> dict:
     """reference_per_class: held-out real images per class for FID (all 100 by default)."""
     import torch
-    from tqdm import tqdm
 
+    from deltadit.console import track
     from deltadit.costs import plan_costs
     from deltadit.eval.classifier import load_classifier, predict
     from deltadit.eval.data import CLASSES, split
@@ -191,7 +193,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     judge = load_classifier()
     torch.manual_seed(seed)
     results, baseline_images = [], None
-    for row in tqdm(rows, desc="eval rows", disable=not progress):
+    for row in track(rows, "eval rows", enabled=progress, unit="rows"):
         bundle = load(_bundle_for(row, preset, out / "bundles", calib_count))
         tic = time.perf_counter()
         images = _generate_all(bundle, prompts, per_class, seed, conditioner)
