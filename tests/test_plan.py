@@ -22,8 +22,14 @@ CASES = list(itertools.product([1, 2, 4, 5, 13, 20], [1, 6, 28], [0, 1, 3, 21, 2
 CASES = [c for c in CASES if c[3] <= c[0] and c[2] <= c[1]]
 
 
-@pytest.mark.parametrize("steps,n_b,n_c,b,interval,variant", CASES)
-def test_plan_semantics(steps, n_b, n_c, b, interval, variant):
+def test_plan_semantics_over_a_grid_of_settings():
+    """One property check over ~3000 (T, N_b, N_c, b, N, variant) settings (a loop, not 3000 test ids)."""
+    assert len(CASES) > 1000
+    for case in CASES:
+        check_plan_semantics(*case)
+
+
+def check_plan_semantics(steps, n_b, n_c, b, interval, variant):
     plan = build_plan(steps, n_b, n_c, b, interval, variant)
     assert len(plan) == steps and [s.t for s in plan] == list(range(1, steps + 1))
     stored = set()
