@@ -69,6 +69,8 @@ class DeltaPlan:
     num_steps: denoising steps T.  num_blocks: transformer blocks N_b.  n_c: cached blocks N_c.
     b: boundary step (t <= b caches deep blocks for ``delta-dit``).  interval: cache interval N.
     variant: one of :data:`VARIANTS`.  steps: one :class:`StepAction` per step.
+    cuts: block indices where the model itself must be cut (a stage boundary, e.g. FLUX's dual- to
+    single-stream blocks at 19): block groups never span them; a cached range may.
     """
 
     num_steps: int
@@ -78,6 +80,7 @@ class DeltaPlan:
     interval: int
     variant: str
     steps: tuple[StepAction, ...]
+    cuts: tuple[int, ...] = ()
 
     def __iter__(self):
         return iter(self.steps)
@@ -97,7 +100,7 @@ class DeltaPlan:
     @property
     def cut_points(self) -> tuple[int, ...]:
         """Block indices where the transformer must be cut so every cached range is whole groups."""
-        cuts = {0, self.num_blocks}
+        cuts = {0, self.num_blocks, *self.cuts}
         for start, stop in self.ranges:
             cuts.update((start, stop))
         return tuple(sorted(cuts))
@@ -117,6 +120,7 @@ class DeltaPlan:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["format"] = PLAN_FORMAT
+        d["cuts"] = list(self.cuts)
         d["steps"] = [
             {"t": s.t, "cached": list(s.cached) if s.cached else None, "record": [list(r) for r in s.record]}
             for s in self.steps
@@ -139,7 +143,10 @@ class DeltaPlan:
         if missing:
             raise DeltaDiTError(f"plan | missing field(s) {', '.join(missing)}. Expected: a plan written by deltadit.")
         # build_plan checks the parameters' types and bounds, so a huge num_steps fails before any work.
-        plan = build_plan(d["num_steps"], d["num_blocks"], d["n_c"], d["b"], d["interval"], d["variant"])
+        cuts = d.get("cuts", [])
+        if not isinstance(cuts, list):
+            raise DeltaDiTError(f"plan cuts | {_describe(cuts)}. Expected: a list of block indices.")
+        plan = build_plan(d["num_steps"], d["num_blocks"], d["n_c"], d["b"], d["interval"], d["variant"], tuple(cuts))
         if not isinstance(d["steps"], list) or len(d["steps"]) != plan.num_steps:
             raise DeltaDiTError(f"plan steps | {_describe(d['steps'])} for num_steps {plan.num_steps}. "
                                 f"Expected: a list of {plan.num_steps} step objects.")
@@ -252,9 +259,15 @@ def build_plan(
     b: int = 0,
     interval: int = 2,
     variant: str = "delta-dit",
+    cuts: tuple[int, ...] = (),
 ) -> DeltaPlan:
-    """Build the per-step plan. See the module docstring for the semantics of each parameter."""
+    """Build the per-step plan. See the module docstring for the semantics of each parameter; cuts: the
+    model's forced cut points (``spec.stage_cuts(config)``)."""
     validate(num_steps, num_blocks, n_c, b, interval, variant)
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c < num_blocks for c in cuts):
+        raise DeltaDiTError(f"cuts | {list(cuts)!r:.80} are not block indices inside the model. "
+                            f"Expected: integers in [1, {num_blocks - 1}].")
+    cuts = tuple(sorted(set(cuts)))
     if variant == "none":
         n_c = 0
     kinds: list[BlockRange | None] = []
@@ -273,7 +286,7 @@ def build_plan(
                 later.setdefault(nxt, None)
             record = tuple(later)
         steps.append(StepAction(t=i + 1, cached=cached, record=record))
-    return DeltaPlan(num_steps, num_blocks, n_c, b, interval, variant, tuple(steps))
+    return DeltaPlan(num_steps, num_blocks, n_c, b, interval, variant, tuple(steps), cuts)
 
 
 def plan_from_budget(
@@ -282,6 +295,7 @@ def plan_from_budget(
     budget: float,
     b: int = 0,
     variant: str = "delta-dit",
+    cuts: tuple[int, ...] = (),
 ) -> DeltaPlan:
     """Choose N and N_c from a compute budget, as the paper's Eq. 6-7.
 
@@ -308,7 +322,7 @@ def plan_from_budget(
             per_group = (m_g - (num_steps % interval) * num_blocks) / groups
             computed = math.floor((per_group - num_blocks) / (interval - 1) + 1e-9)
             n_c = min(num_blocks, max(0, num_blocks - computed))
-        plan = build_plan(num_steps, num_blocks, n_c, b, interval, variant)
+        plan = build_plan(num_steps, num_blocks, n_c, b, interval, variant, cuts)
         cost = sum(plan.blocks_run(s) for s in plan)
         if cost <= m_g + 1e-6:
             return plan
