@@ -8,5 +8,7 @@ SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
     "lcm": ("LCMScheduler", {}),
+    # Rectified flow (SD3 / SD3.5 with shift 3.0, FLUX with resolution-dependent shift); no CFG noise scaling.
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", {}),
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)

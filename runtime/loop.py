@@ -43,8 +43,15 @@ def prepare(sampling: dict, steps: int, shape: tuple, generator):
     except Exception as e:  # noqa: BLE001 - diffusers rejects a config with many exception types
         raise DeltaDiTError(f"scheduler_config | diffusers' {sampling['scheduler']} scheduler rejects it ({type(e).__name__}: "
                             f"{e}). Expected: the scheduler config of the model's pipeline (re-export the bundle).") from None
-    latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+    # Flow-matching schedulers start from unit noise and have no init_noise_sigma.
+    latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * getattr(scheduler, "init_noise_sigma", 1.0)
     return scheduler, latents
+
+
+def _scale(scheduler, x, t):
+    """The scheduler's input scaling (flow-matching schedulers have none)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return x if scale is None else scale(x, t)
 
 
 def _cfg_batch(spec: ModelSpec, cond: dict, uncond: dict | None) -> dict:
@@ -95,10 +102,10 @@ def denoise(
             if do_cfg:
                 half = x[: len(x) // 2]
                 x = torch.cat([half, half])
-            model_in = scheduler.scale_model_input(x, t)
+            model_in = _scale(scheduler, x, t)
         else:
             model_in = torch.cat([x] * 2) if do_cfg else x
-            model_in = scheduler.scale_model_input(model_in, t)
+            model_in = _scale(scheduler, model_in, t)
         timestep = t[None].to(model_in.device).expand(model_in.shape[0])
         noise_pred = executor.step(i, {"sample": model_in, "timestep": timestep, **batch})["sample"]
         out = spec.guidance(noise_pred, config, guidance_scale if do_cfg else None)

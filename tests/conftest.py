@@ -97,3 +97,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none visible)"))
         if "tensorrt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs the tensorrt package (not installable in this workplace)"))
+
+
+SD3_TINY = dict(sample_size=8, patch_size=2, in_channels=4, num_layers=4, attention_head_dim=8, num_attention_heads=2,
+                joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=12, out_channels=4,
+                pos_embed_max_size=8)
+SD35_TINY = dict(SD3_TINY, dual_attention_layers=(0, 1), qk_norm="rms_norm")
+FLOW_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
+
+
+def build_sd3(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return diffusers.SD3Transformer2DModel(**{**SD3_TINY, **overrides}).eval()
