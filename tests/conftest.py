@@ -109,3 +109,15 @@ FLOW_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
 def build_sd3(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return diffusers.SD3Transformer2DModel(**{**SD3_TINY, **overrides}).eval()
+
+
+FLUX_TINY = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, attention_head_dim=8,
+                 num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=12, guidance_embeds=True,
+                 axes_dims_rope=(2, 2, 4))
+FLUX_FLOW_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                        base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def build_flux(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return diffusers.FluxTransformer2DModel(**{**FLUX_TINY, **overrides}).eval()

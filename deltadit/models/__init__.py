@@ -49,7 +49,7 @@ def split(transformer, groups, grid: tuple[int, int] | None = None) -> Split:
         raise DeltaDiTError(
             f"block groups | {covered} run across the model's stage boundary at block(s) {missing}. "
             "Expected: groups cut there too (a plan built with this model's stage cuts).")
-    if grid is None:
+    if grid is None and "sample_size" in config:  # FLUX has none: its tail returns packed tokens
         side = config["sample_size"] // config["patch_size"]
         grid = (side, side)
     segments = spec.segments(config, groups)

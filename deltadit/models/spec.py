@@ -135,9 +135,9 @@ def feedforward_macs(n_tokens: int, dim: int, activation: str, mult: int = 4) ->
 
 
 def _registry() -> dict[str, ModelSpec]:
-    from deltadit.models import dit, pixart, sd3
+    from deltadit.models import dit, flux, pixart, sd3
 
-    return {s.arch: s for s in (pixart.SPEC, dit.SPEC, sd3.SPEC)}
+    return {s.arch: s for s in (pixart.SPEC, dit.SPEC, sd3.SPEC, flux.SPEC)}
 
 
 def known_archs() -> tuple[str, ...]:
