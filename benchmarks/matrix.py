@@ -53,7 +53,7 @@ def main() -> None:
     for kind, int8 in (("fp32", None), ("int8", Int8Options(count=args.calib_count))):
         out = work / kind
         if not (out / "manifest.json").is_file():
-            export_bundle(preset, plan, out, random_init=random_init, build_engines=False, int8=int8)
+            export_bundle(preset, plan, out, random_init=random_init, build_engines=False, int8=int8, force=True)
     print(f"bundles ready in {time.perf_counter() - tic:.0f} s")
     results = Path(args.out)
     results.mkdir(parents=True, exist_ok=True)

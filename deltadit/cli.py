@@ -78,20 +78,23 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
 def plan_from_args(args):
     """(preset, plan) from parsed plan flags."""
-    from deltadit.plan import build_plan, plan_from_budget
     from deltadit.presets import load_preset
 
     preset = load_preset(args.model).with_overrides(
         steps=args.steps, b=args.b, nc=args.nc, interval=args.interval, variant=args.variant
     )
-    n_blocks = preset.transformer["num_layers"]
-    if args.budget is not None:
-        if args.nc is not None or args.interval is not None:
-            raise DeltaDiTError("--budget | chooses N and N_c itself. Expected: --budget without --nc / --interval.")
-        plan = plan_from_budget(preset.steps, n_blocks, args.budget, preset.b, preset.variant)
-    else:
-        plan = build_plan(preset.steps, n_blocks, preset.nc, preset.b, preset.interval, preset.variant)
-    return preset, plan
+    if args.budget is not None and (args.nc is not None or args.interval is not None):
+        raise DeltaDiTError("--budget | chooses N and N_c itself. Expected: --budget without --nc / --interval.")
+    return preset, preset.plan(args.budget)
+
+
+def _per_block(block_macs) -> str:
+    from deltadit.costs import format_macs
+
+    if isinstance(block_macs, int):
+        return f"one block = {format_macs(block_macs)}"
+    kinds = list(dict.fromkeys(block_macs))
+    return "blocks = " + " / ".join(f"{format_macs(m)} (x{block_macs.count(m)})" for m in kinds)
 
 
 def format_plan(preset, plan, costs) -> str:
@@ -110,7 +113,7 @@ def format_plan(preset, plan, costs) -> str:
     lines += [f"  {g.name}: blocks [{g.start},{g.stop})" for g in plan.groups]
     lines += [
         "",
-        f"MACs (linear layers in the blocks, CFG batch {costs.cfg_batch}; one block = {format_macs(costs.block_macs)} per sample):",
+        f"MACs (linear layers in the blocks, CFG batch {costs.cfg_batch}; {_per_block(costs.block_macs)} per sample):",
         f"  baseline        {format_macs(costs.baseline_macs):>10}",
         f"  plan            {format_macs(costs.plan_macs):>10}",
         f"  ratio           {costs.ratio:>10.4f}",
@@ -127,7 +130,7 @@ def cmd_plan(args) -> int:
 
     preset, plan = plan_from_args(args)
     spec = get_spec(preset.arch)
-    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution), preset.cfg_batch)
+    costs = plan_costs(plan, preset.block_macs(), preset.cfg_batch)
     if args.json:
         out = {"preset": preset.name, "plan": plan.to_dict(),
                "groups": [[g.start, g.stop] for g in plan.groups],

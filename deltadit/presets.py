@@ -55,8 +55,32 @@ class Preset:
 
     @property
     def cfg_batch(self) -> int:
-        """Samples the transformer sees per image: 2 with classifier-free guidance, else 1."""
-        return 2 if self.guidance_scale > 1.0 else 1
+        """Samples the transformer sees per image: 2 with classifier-free guidance, else 1 (also for
+        models whose guidance is a model input, FLUX.1-dev)."""
+        return 2 if self.guidance_scale > 1.0 and not self.spec.embedded_guidance else 1
+
+    @property
+    def spec(self):
+        from deltadit.models.spec import get_spec
+
+        return get_spec(self.arch)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.spec.num_blocks(self.transformer)
+
+    def block_macs(self):
+        """MACs per sample of each block at this preset's resolution and caption length."""
+        return self.spec.block_macs(self.transformer, self.text_len, self.macs_resolution)
+
+    def plan(self, budget: float | None = None):
+        """The preset's Δ-DiT plan (or the one ``budget`` chooses, paper Eq. 6-7), cut at the model's stages."""
+        from deltadit.plan import build_plan, plan_from_budget
+
+        cuts = self.spec.stage_cuts(self.transformer)
+        if budget is not None:
+            return plan_from_budget(self.steps, self.num_blocks, budget, self.b, self.variant, cuts)
+        return build_plan(self.steps, self.num_blocks, self.nc, self.b, self.interval, self.variant, cuts)
 
     def with_overrides(self, **values) -> "Preset":
         """A checked copy with the non-None values replaced (CLI flags override preset values)."""
@@ -89,8 +113,12 @@ class Preset:
                        "Expected: a [transformer] table with the diffusers model config.")
             blocks = patch = None
         else:
-            blocks = need(v.integer, "transformer num_layers", self.transformer.get("num_layers"), 1, v.MAX_BLOCKS)
-            patch = need(v.integer, "transformer patch_size", self.transformer.get("patch_size"), 1, 64)
+            need(v.integer, "transformer num_layers", self.transformer.get("num_layers"), 1, v.MAX_BLOCKS)
+            need(v.integer, "transformer patch_size", self.transformer.get("patch_size"), 1, 64)
+            blocks = patch = None
+            if self.arch in known_archs() and not out:
+                blocks = need(v.integer, "transformer blocks", self.num_blocks, 1, v.MAX_BLOCKS)
+                patch = self.spec.token_side(self.transformer)
         # a bad num_layers is reported above; the plan is then checked against the largest block count
         out += plan_problems(self.steps, blocks or v.MAX_BLOCKS, self.nc, self.b, self.interval, self.variant)
         need(v.real, "guidance_scale", self.guidance_scale, 0, v.MAX_GUIDANCE, " (<= 1 means no guidance)")
@@ -100,7 +128,7 @@ class Preset:
         if None not in (res, patch, vae):
             multiple = patch * vae
             if res % multiple:
-                out.append(f"resolution (--resolution) | {res} px is not a multiple of {multiple} (patch_size {patch} "
+                out.append(f"resolution (--resolution) | {res} px is not a multiple of {multiple} (token side {patch} "
                            f"x vae_scale {vae}). Expected: a positive multiple of {multiple} up to {v.MAX_RESOLUTION}, "
                            f"e.g. {max(multiple, res // multiple * multiple)}.")
             elif res // vae > v.MAX_LATENT_SIDE:

@@ -1,10 +1,22 @@
-"""`deltadit-export`: load -> split -> ONNX -> check -> bundle."""
+"""`deltadit-export`: load -> split -> ONNX -> check -> bundle.
+
+stdout holds only the summary; progress, and (with --verbose) third-party warnings and notices, go to
+stderr. Errors end in one line: a DeltaDiTError (something the user can fix) exits 2, an interrupt 130,
+anything else 1; --debug adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import logging
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 from deltadit.cli import add_plan_args, plan_from_args
@@ -24,18 +36,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where TensorRT is available")
     p.add_argument("--no-fused-attention", action="store_true",
                    help="do not write the ONNX Runtime fused-attention graphs (<group>.ort.onnx)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out when it is already a deltadit bundle (a folder that is not one is never replaced)")
+    p.add_argument("--verbose", action="store_true", help="show third-party warnings and notices (torch, diffusers, "
+                                                          "ModelOpt) on stderr")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     q = p.add_argument_group("INT8 (NVIDIA ModelOpt; install the [int8] extra)")
     q.add_argument("--int8", action="store_true", help="quantize the block groups to INT8 (QDQ ONNX; TensorRT engines where available)")
-    q.add_argument("--calibration", default="max", help="max | percentile | smoothquant (default max)")
-    q.add_argument("--percentile", type=float, default=99.99, help="activation percentile for --calibration percentile")
-    q.add_argument("--smoothquant-alpha", type=float, default=0.5, help="SmoothQuant alpha (default 0.5)")
+    q.add_argument("--calibration", default="max", help="max | percentile | smoothquant (default max)")  # checked by Int8Options
+    q.add_argument("--percentile", type=float, default=99.99, help="activation percentile for --calibration percentile, in (50, 100]")
+    q.add_argument("--smoothquant-alpha", type=float, default=0.5, help="SmoothQuant alpha in [0, 1] (default 0.5)")
     q.add_argument("--calib-count", type=int, default=4, help="calibration generations, one prompt / class each (default 4)")
     q.add_argument("--calib-prompts", help="text file, one calibration prompt per line (PixArt)")
     q.add_argument("--int8-min-sqnr", type=float, default=15.0, help="fail when a group's held-out SQNR is lower (dB, default 15)")
     return p
 
 
+NOISY_LOGGERS = ("diffusers", "transformers", "accelerate", "modelopt", "torch", "onnx", "onnxruntime")
+
+
+@contextlib.contextmanager
+def third_party_output(verbose: bool):
+    """While the export runs: torch / diffusers / accelerate / ModelOpt warnings, log notices and prints
+    (ModelOpt prints "Inserted N quantizers" on stdout) are dropped, or with ``verbose`` shown on stderr.
+    stdout stays the summary's either way."""
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr if verbose else io.StringIO()):
+        if not verbose:
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
 def int8_options(args):
+    """The INT8 options from the flags (always built, so bad values are refused even without --int8)."""
+    from deltadit.export.quantize import Int8Options
+
+    return Int8Options(calibration=args.calibration, percentile=args.percentile, alpha=args.smoothquant_alpha,
+                       count=args.calib_count, seed=args.seed, min_sqnr_db=args.int8_min_sqnr)
+
+
+def ready_int8(args, options):
+    """``options`` with the calibration prompts, once ModelOpt is known to import; None without --int8."""
     if not args.int8:
         return None
     try:
@@ -43,40 +91,70 @@ def int8_options(args):
     except ImportError as e:
         raise DeltaDiTError(f"--int8 | NVIDIA ModelOpt does not import ({e}). Expected: pip install 'deltadit[int8]' "
                             "(nvidia-modelopt).") from None
-    from deltadit.export.quantize import Int8Options
+    if not args.calib_prompts:
+        return options
+    path = Path(args.calib_prompts)
+    if not path.is_file():
+        raise DeltaDiTError(f"--calib-prompts | {path} does not exist. Expected: a text file, one prompt per line.")
+    prompts = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not prompts:
+        raise DeltaDiTError(f"--calib-prompts | {path} has no prompts. Expected: one prompt per line.")
+    return dataclasses.replace(options, prompts=prompts)
 
-    prompts = None
-    if args.calib_prompts:
-        path = Path(args.calib_prompts)
-        if not path.is_file():
-            raise DeltaDiTError(f"--calib-prompts | {path} does not exist. Expected: a text file, one prompt per line.")
-        prompts = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-        if not prompts:
-            raise DeltaDiTError(f"--calib-prompts | {path} has no prompts. Expected: one prompt per line.")
-    return Int8Options(calibration=args.calibration, percentile=args.percentile, alpha=args.smoothquant_alpha,
-                       count=args.calib_count, prompts=prompts, seed=args.seed, min_sqnr_db=args.int8_min_sqnr)
+
+def run(args):
+    """Check every value, then export. Returns (preset, plan, int8 options or None, report)."""
+    from deltadit.export.pipeline import check_values, export_bundle
+
+    preset, plan = plan_from_args(args)
+    options = int8_options(args)
+    # every export value at once, each problem one line (with_overrides then re-checks the preset)
+    check_values(dataclasses.replace(preset, resolution=args.resolution or preset.resolution), seed=args.seed,
+                 opset=args.opset, max_batch=args.max_batch, int8=options)
+    preset = preset.with_overrides(resolution=args.resolution)
+    int8 = ready_int8(args, options)
+    out = Path(args.out or f"bundles/{preset.name}{'-int8' if args.int8 else ''}")
+    report = export_bundle(preset, plan, out, weights=args.weights, random_init=args.random_init,
+                           seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8,
+                           build_engines=not args.no_engines, fuse=not args.no_fused_attention, force=args.force)
+    return preset, plan, int8, report
+
+
+def error_line(e: BaseException) -> tuple[str, int]:
+    """The one line (after "error: ") and the exit code for what ended the export; the notes
+    export/publish.py added (what became of OUT.partial) go on the same line."""
+    notes, hint = [str(n) for n in getattr(e, "__notes__", [])], ""
+    if isinstance(e, DeltaDiTError):
+        msg, code = str(e), 2
+    elif isinstance(e, KeyboardInterrupt):
+        msg, code = "interrupted", 130
+    elif isinstance(e, MemoryError):
+        msg, code = "out of memory. Expected: more free memory, or a smaller model or --resolution.", 1
+    else:
+        msg, code = f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", 1
+        hint = " (run with --debug for the traceback)"
+    return "; ".join([msg.rstrip(".") if notes else msg] + notes) + hint, code
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        int8 = int8_options(args)
-        preset, plan = plan_from_args(args)
-        preset = preset.with_overrides(resolution=args.resolution)
-        from deltadit.export.pipeline import export_bundle
-
         tic = time.perf_counter()
-        out = Path(args.out or f"bundles/{preset.name}{'-int8' if args.int8 else ''}")
-        report = export_bundle(preset, plan, out, weights=args.weights, random_init=args.random_init,
-                               seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8,
-                               build_engines=not args.no_engines, fuse=not args.no_fused_attention)
-    except DeltaDiTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        with third_party_output(args.verbose):
+            preset, plan, int8, report = run(args)
+        print_summary(args, preset, plan, int8, report, time.perf_counter() - tic)
+    except (Exception, KeyboardInterrupt) as e:
+        if args.debug:
+            traceback.print_exception(e, file=sys.stderr)
+        line, code = error_line(e)
+        print(f"error: {line}", file=sys.stderr)
+        return code
+    return 0
+
+
+def print_summary(args, preset, plan, int8, report, seconds: float) -> None:
     print(f"bundle: {report.bundle}" + ("  [RANDOM-INIT WEIGHTS: for speed work only]" if args.random_init else ""))
     print(f"segments exported: {', '.join(report.exported) or '-'}; reused: {', '.join(report.reused) or '-'}")
-    import json
-
     fused = {s["name"]: s["ort_graph"]["fused_attention"]
              for s in json.loads((report.bundle / "manifest.json").read_text())["segments"] if s.get("ort_graph")}
     for name, outs in report.errors.items():
@@ -92,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plan: {plan.variant}, {plan.num_steps} steps, b={plan.b}, N_c={plan.n_c}, N={plan.interval}; block MACs "
           f"{format_macs(costs.plan_macs)} vs {format_macs(costs.baseline_macs)} uncached (bound {costs.speedup_bound:.2f}x)")
     if int8 is not None:
-        import json
-
         info = json.loads((report.bundle / "manifest.json").read_text())["int8"]
         print(f"int8 ({int8.calibration} calibration, {info['calibration']['generations']} generations with the plan on; "
               f"conditioning: {info['calibration']['conditioning']}):")
@@ -109,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(report.engines.get("reason", ""))
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items())
-          + f"; total {time.perf_counter() - tic:.1f}")
-    return 0
+          + f"; total {seconds:.1f}")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,7 @@ def run_generation(executor, spec, config, preset, cond, uncond, seed):
 
 def calibrate(transformer, fp_split, plan, preset, options, weights, random_init, progress):
     """Returns (quantized group modules by name, manifest info, held-out data for :func:`guard`)."""
-    from tqdm import tqdm
-
+    from deltadit.console import track
     from deltadit.models import split
     from deltadit.runtime.executor import DeltaDiTExecutor
     from deltadit.runtime.runners.torch import TorchRunner
@@ -77,7 +76,7 @@ def calibrate(transformer, fp_split, plan, preset, options, weights, random_init
     q_executor = DeltaDiTExecutor(plan, qsplit.segments, TorchRunner(qsplit))
 
     def forward_loop():
-        for i, (cond, uncond) in enumerate(tqdm(calib, desc="calibrate", disable=not progress)):
+        for i, (cond, uncond) in enumerate(track(calib, "calibrate", enabled=progress, unit="generations")):
             run_generation(q_executor, spec, config, preset, cond, uncond, options.seed + i)
 
     layers = quantize_groups(groups, options, spec.int8_keep_fp, forward_loop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
@@ -38,7 +39,7 @@ def build_transformer(arch: str, config: dict, source: str, random_init: bool, s
     for folder in (local / "transformer", local):
         looked.append(str(folder))
         if (folder / "config.json").is_file():
-            return cls.from_pretrained(folder).eval()
+            return load_folder(cls, folder)
     looked.append(f"the local hub cache {hub_cache()} for '{source}'")
     try:
         return cls.from_pretrained(source, subfolder="transformer", local_files_only=True).eval()
@@ -49,3 +50,39 @@ def build_transformer(arch: str, config: dict, source: str, random_init: bool, s
         "Expected: --weights DIR (a diffusers model folder), a hub id already downloaded into the cache "
         "(set HF_HOME / HF_HUB_CACHE), or --random-init for seeded random weights."
     )
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def load_folder(cls, folder: Path):
+    """``cls`` from a diffusers model folder (config.json + weights), every weight present and of the
+    config's shape; any problem with the folder is a :class:`DeltaDiTError` naming it and the fix."""
+    fix = "Expected: the config.json and weights saved together by save_pretrained (re-download or re-save them)."
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DeltaDiTError(f"weights {folder} | config.json is not readable JSON ({e}). {fix}") from None
+    if not isinstance(config, dict):
+        raise DeltaDiTError(f"weights {folder} | config.json is not a JSON object. {fix}")
+    declared = config.get("_class_name")
+    if declared and declared != cls.__name__:
+        raise DeltaDiTError(f"weights {folder} | holds a {declared}, not the {cls.__name__} this model preset needs. "
+                            f"Expected: --weights of a {cls.__name__}, or the --model preset of this architecture.")
+    if not any(any(folder.glob(p)) for p in WEIGHT_FILES):
+        raise DeltaDiTError(f"weights {folder} | has config.json but no weights file (diffusion_pytorch_model.safetensors). {fix}")
+    try:
+        model, info = cls.from_pretrained(folder, output_loading_info=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever diffusers raises on this folder is a problem with the folder
+        reason = " ".join(str(e).split())[:200]
+        raise DeltaDiTError(f"weights {folder} | could not be loaded as {cls.__name__} ({type(e).__name__}: {reason}): "
+                            f"config.json or a weights file is invalid, truncated or corrupt. {fix}") from None
+    problems = {k: info.get(k) or [] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        counts = ", ".join(f"{len(v)} {k.replace('_keys', '')}" for k, v in problems.items() if v)
+        first = next(v for v in problems.values() if v)[0]
+        raise DeltaDiTError(f"weights {folder} | do not match its config.json ({counts} tensors, e.g. {first}): weights of "
+                            f"another architecture or size. {fix}")
+    return model.eval()

@@ -1,10 +1,12 @@
 """The export, one straight line of named stages:
 
-    load -> split -> export ONNX (per segment, reused when unchanged) -> check vs PyTorch -> write bundle
+    load -> split + trace -> (calibrate INT8) -> export ONNX (per segment, reused when unchanged)
+         -> check vs PyTorch -> TensorRT engines -> write manifest -> publish
 
 Everything is written into ``OUT.partial/``; the manifest is written last and the folder is renamed to
-``OUT`` only when every stage passed. A re-run after an interruption reuses each segment whose content
-key (weights, I/O, shapes, opset, versions) is unchanged.
+``OUT`` only when every stage passed (export/publish.py owns OUT, OUT.partial, OUT.old and OUT.lock). A
+re-run after an interruption reuses each segment whose content key (weights, I/O, shapes, opset,
+versions) is unchanged.
 """
 
 from __future__ import annotations
@@ -12,17 +14,22 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deltadit import validate
 from deltadit.bundle import FORMAT_VERSION, MANIFEST, sha256_file, write_json_atomic
-from deltadit.errors import DeltaDiTError
+from deltadit.console import Stages, track
+from deltadit.errors import DeltaDiTError, raise_if
+from deltadit.export.publish import STAGES_FILE, Output, output_folder
 from deltadit.plan import DeltaPlan
 from deltadit.presets import Preset
 
-STAGES_FILE = "stages.json"  # inside OUT.partial/: finished segment exports and their keys
+# Opsets accepted for export: the traced attention needs >= 14; 17 is the tested default; ONNX Runtime
+# and TensorRT 10 parse up to 21.
+OPSET_RANGE = (14, 21)
 
 
 @dataclass
@@ -82,6 +89,38 @@ def _tensor_desc(name, t, onnx_name=None) -> dict:
     return d
 
 
+
+def check_values(preset: Preset, *, seed: int, opset: int, max_batch: int | None, int8=None) -> None:
+    """Refuse an export's values before any work starts: one :class:`DeltaDiTError` listing every problem."""
+    problems: list[str] = []
+
+    def collect(check, *args) -> None:
+        try:
+            check(*args)
+        except DeltaDiTError as e:
+            problems.append(str(e))
+
+    collect(validate.seed, seed, "--seed")
+    collect(validate.integer, "--opset", opset, *OPSET_RANGE, " (17 is the tested default)")
+    if max_batch is not None:
+        collect(validate.integer, "--max-batch", max_batch, preset.cfg_batch, validate.MAX_BATCH,
+                f" (from the CFG batch {preset.cfg_batch}, the optimisation point)")
+    # The latent (resolution / VAE factor) must split into whole patches.
+    patch, vae = preset.transformer["patch_size"], preset.vae_scale
+    step = patch * vae
+    hint = f" and a multiple of {step} (patch size {patch} x VAE factor {vae})"
+    try:
+        res = validate.integer("--resolution", preset.resolution, step, validate.MAX_RESOLUTION, hint)
+        if res % step:
+            problems.append(f"--resolution | {res} is not a multiple of {step} (patch size {patch} x VAE factor {vae}). "
+                            f"Expected: a multiple of {step}, e.g. {max(step, res // step * step)}.")
+    except DeltaDiTError as e:
+        problems.append(str(e))
+    if int8 is not None:
+        problems += int8.problems()
+    raise_if(problems, "export | invalid values:" if len(problems) > 1 else None)
+
+
 def export_bundle(
     preset: Preset,
     plan: DeltaPlan,
@@ -98,6 +137,7 @@ def export_bundle(
     fuse: bool = True,
     progress: bool = True,
     int8=None,
+    force: bool = False,
 ) -> ExportReport:
     """Export ``preset``'s transformer, split at ``plan.groups``, as an ONNX bundle in ``out``.
 
@@ -109,89 +149,113 @@ def export_bundle(
     CFG batch, which is also the optimisation point. int8: an :class:`Int8Options` to quantize the
     block groups with ModelOpt (calibrated along the plan's trajectory), or None for FP32. fuse: also
     write each group's ONNX Runtime fused-attention graph (export/fuse.py), checked like the others.
+    force: replace ``out`` when it is already a bundle (else refused); a folder that is not a bundle is
+    never replaced (export/publish.py). On any failure ``out`` is as before; ``out.partial`` is kept only
+    when it holds finished segments a re-run reuses, and the exception carries a note saying which.
     """
-    import torch
-    from tqdm import tqdm
+    from deltadit.sources import resolve_source
 
-    from deltadit.export.load import load_transformer
-    from deltadit.sources import weights_fingerprint
-    from deltadit.export.fuse import fuse_attention
-    from deltadit.export.onnx import compare, export_segment, onnx_output_names
-    from deltadit.models import check_plan_fits
-    from deltadit.models import split as split_model
-    from deltadit.runtime.runners.onnxrt import OnnxrtRunner
+    check_values(preset, seed=seed, opset=opset, max_batch=max_batch, int8=int8)
+    source = None if random_init else resolve_source(weights or preset.source)
+    stages = Stages(7 if int8 is not None else 6, enabled=progress)
+    with stages, output_folder(out, force=force, source=source) as target:
+        report = ExportReport(target.out)
+        with _stage(stages, report, "load", "load"):
+            transformer = load(preset, plan, weights, random_init, seed)
+        with _stage(stages, report, "split", "split + trace"):
+            split, traced = split_and_trace(transformer, plan, preset, seed)
+        modules, int8_info, holdout = dict(split.modules), None, None
+        if int8 is not None:
+            with _stage(stages, report, "calibrate", "calibrate int8"):
+                modules, int8_info, holdout = calibrate_int8(transformer, split, traced, plan, preset, int8, weights,
+                                                             random_init, progress)
+        target.segments = len(split.segments)
+        vers = versions()
+        with _stage(stages, report, "export", "export onnx"):
+            entries = export_onnx(split, modules, traced, target, opset, vers, fuse, int8_info, report, progress)
+        manifest = build_manifest(preset, plan, split, entries, vers, weights=weights, random_init=random_init,
+                                  seed=seed, opset=opset, max_batch=max_batch, tolerance=tolerance,
+                                  int8_tolerance=int8_tolerance, int8=int8)
+        with _stage(stages, report, "check", "check vs pytorch"):
+            check_onnx(target.work, manifest, split, traced, entries, plan, preset, tolerance, int8_tolerance,
+                       int8, int8_info, holdout, report, progress)
+        stages.start("tensorrt engines")
+        engines(target, manifest, build_engines, report)
+        stages.start("write bundle")
+        write_bundle(target, manifest)
+    return report
 
-    out = Path(out)
-    work = out.with_name(out.name + ".partial")
-    (work / "onnx").mkdir(parents=True, exist_ok=True)
-    report = ExportReport(out)
-    batch = preset.cfg_batch
-    side = preset.latent_side
-    patch = preset.transformer["patch_size"]
+
+@contextmanager
+def _stage(stages: Stages, report: ExportReport, key: str, label: str):
+    stages.start(label)
     tic = time.perf_counter()
+    yield
+    report.seconds[key] = time.perf_counter() - tic
 
-    if int8 is not None:
-        int8.validate()
-    stages_bar = tqdm(total=6 if int8 is not None else 5, desc="stages", disable=not progress, bar_format="{desc}: {n}/{total} {postfix}")
-    stages_bar.set_postfix_str("load")
-    # 1. load
+
+def load(preset: Preset, plan: DeltaPlan, weights: str | None, random_init: bool, seed: int):
+    """Stage 1: the transformer (local weights or seeded random), checked against the plan."""
+    from deltadit.export.load import load_transformer
+    from deltadit.models import check_plan_fits
+
     transformer = load_transformer(preset, weights, random_init, seed)
     check_plan_fits(plan, transformer)
-    report.seconds["load"] = time.perf_counter() - tic
-    stages_bar.update(1)
-    stages_bar.set_postfix_str("split + trace")
+    return transformer
 
-    # 2. split, and trace every segment's inputs once
-    tic = time.perf_counter()
+
+def split_and_trace(transformer, plan: DeltaPlan, preset: Preset, seed: int):
+    """Stage 2: split at the plan's groups; run it once on seeded example inputs at the CFG batch.
+    Returns (split, {segment: (input feeds, reference outputs)})."""
+    import torch
+
+    from deltadit.models import split as split_model
+
+    side, patch = preset.latent_side, preset.transformer["patch_size"]
     s = split_model(transformer, plan.groups, (side // patch, side // patch))
-    feeds = s.spec.example_inputs(s.config, batch, preset.text_len, side, torch.Generator().manual_seed(seed))
-    traced = trace_inputs(s, feeds)
-    report.seconds["split"] = time.perf_counter() - tic
-    stages_bar.update(1)
+    feeds = s.spec.example_inputs(s.config, preset.cfg_batch, preset.text_len, side, torch.Generator().manual_seed(seed))
+    return s, trace_inputs(s, feeds)
 
-    # 2b. INT8: calibrate quantized copies of the groups along the plan's trajectory
-    modules, int8_info, holdout = dict(s.modules), None, None
-    if int8 is not None:
-        stages_bar.set_postfix_str("calibrate int8")
-        tic = time.perf_counter()
-        from deltadit.export.int8 import calibrate
 
-        qmodules, int8_info, holdout = calibrate(transformer, s, plan, preset, int8, weights, random_init, progress)
-        modules.update(qmodules)
-        with torch.no_grad():  # the quantized groups' own outputs are what their ONNX must match
-            for name in qmodules:
-                args, _ = traced[name]
-                traced[name] = (args, {"hidden_states": qmodules[name](*args.values())})
-        report.seconds["calibrate"] = time.perf_counter() - tic
-        stages_bar.update(1)
-    stages_bar.set_postfix_str("export onnx")
+def calibrate_int8(transformer, split, traced: dict, plan: DeltaPlan, preset: Preset, int8, weights, random_init,
+                   progress: bool):
+    """Stage 2b: quantized copies of the groups, calibrated along the plan's trajectory. Their own
+    outputs replace the references in ``traced`` (what their ONNX must match).
+    Returns (modules by segment, manifest int8 info, held-out data for the guard)."""
+    import torch
 
-    # 3. export ONNX, reusing finished segments whose key is unchanged
-    tic = time.perf_counter()
-    vers = versions()
+    from deltadit.export.int8 import calibrate
+
+    qmodules, int8_info, holdout = calibrate(transformer, split, plan, preset, int8, weights, random_init, progress)
+    with torch.no_grad():
+        for name in qmodules:
+            args, _ = traced[name]
+            traced[name] = (args, {"hidden_states": qmodules[name](*args.values())})
+    return {**split.modules, **qmodules}, int8_info, holdout
+
+
+def export_onnx(split, modules: dict, traced: dict, target: Output, opset: int, vers: dict, fuse: bool, int8_info,
+                report: ExportReport, progress: bool) -> list[dict]:
+    """Stage 3: every segment to ONNX in ``target.work``, reusing finished segments whose key is
+    unchanged (stages.json). Returns the manifest's segment entries (without checks)."""
+    from deltadit.export.onnx import onnx_output_names
+
+    work = target.work
+    target.claim(STAGES_FILE, STAGES_FILE + ".tmp")
     stages_path = work / STAGES_FILE
     stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
     entries = []
-    for seg in tqdm(s.segments, desc="export onnx", disable=not progress):
+    for seg in track(split.segments, "export onnx", enabled=progress, unit="segments"):
         args, outs = traced[seg.name]
         shapes = {n: list(t.shape) for n, t in args.items()}
         key = segment_key(modules[seg.name], seg, shapes, opset, vers) + ("-fused" if fuse else "")
-        path = work / "onnx" / f"{seg.name}.onnx"
         done = stages.get(seg.name)
         if done and done["key"] == key and all((work / f["path"]).is_file() and sha256_file(work / f["path"]) == f["sha256"]
                                                for f in done["files"]):
             report.reused.append(seg.name)
             files, ort_graph = done["files"], done.get("ort_graph")
         else:
-            written = export_segment(modules[seg.name], seg, args, path, opset)
-            ort_graph = None
-            if fuse and seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
-                fused_path = path.with_name(f"{seg.name}.ort.onnx")
-                fused = fuse_attention(path, fused_path)
-                if fused:
-                    written.append(fused_path)
-                    ort_graph = {"path": str(fused_path.relative_to(work)), "fused_attention": fused}
-            files = [{"path": str(f.relative_to(work)), "sha256": sha256_file(f)} for f in written]
+            files, ort_graph = _export_segment(modules[seg.name], seg, args, target, opset, fuse)
             stages[seg.name] = {"key": key, "files": files, "ort_graph": ort_graph}
             write_json_atomic(stages_path, stages)
             report.exported.append(seg.name)
@@ -203,13 +267,37 @@ def export_bundle(
             "precision": "int8" if int8_info and seg.name in int8_info["quantized"] else "fp32",
             **({"ort_graph": ort_graph} if ort_graph else {}),
         })
-    report.seconds["export"] = time.perf_counter() - tic
-    stages_bar.update(1)
-    stages_bar.set_postfix_str("check vs pytorch")
+    return entries
 
-    # 4. check every segment on ONNX Runtime (CPU) against PyTorch
-    tic = time.perf_counter()
-    manifest = {
+
+def _export_segment(module, seg, args: dict, target: Output, opset: int, fuse: bool):
+    """One segment's ONNX (and, for groups, its fused-attention graph). Returns (files, ort_graph)."""
+    from deltadit.export.fuse import fuse_attention
+    from deltadit.export.onnx import export_segment
+
+    work, n = target.work, seg.name
+    # every name export_segment and fuse_attention write, temporaries included, before they write it
+    target.claim(f"onnx/{n}.onnx", f"onnx/{n}.onnx.data", f"onnx/{n}.raw*", f"onnx/{n}.ort.onnx", f"onnx/{n}.ort.onnx.tmp")
+    path = work / "onnx" / f"{n}.onnx"
+    path.parent.mkdir(exist_ok=True)
+    written = export_segment(module, seg, args, path, opset)
+    ort_graph = None
+    if fuse and seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
+        fused_path = path.with_name(f"{n}.ort.onnx")
+        fused = fuse_attention(path, fused_path)
+        if fused:
+            written.append(fused_path)
+            ort_graph = {"path": str(fused_path.relative_to(work)), "fused_attention": fused}
+    return [{"path": str(f.relative_to(work)), "sha256": sha256_file(f)} for f in written], ort_graph
+
+
+def build_manifest(preset: Preset, plan: DeltaPlan, s, entries: list[dict], vers: dict, *, weights, random_init,
+                   seed, opset, max_batch, tolerance, int8_tolerance, int8) -> dict:
+    """The bundle's manifest.json (checks, int8 and engines are added by the later stages)."""
+    from deltadit.sources import weights_fingerprint
+
+    batch, side = preset.cfg_batch, preset.latent_side
+    return {
         "format_version": FORMAT_VERSION,
         "model": {"preset": preset.name, "arch": preset.arch, "diffusers_class": s.spec.diffusers_class,
                   "source": weights or preset.source, "random_init": random_init,
@@ -227,59 +315,61 @@ def export_bundle(
         "segments": entries,
         "versions": vers,
     }
-    runner = OnnxrtRunner(work, manifest, s.segments)
-    failures = []
-    for seg, entry in tqdm(list(zip(s.segments, entries)), desc="check onnx", disable=not progress):
-        args, outs = traced[seg.name]
-        got = runner.infer(seg.name, args)
-        entry["check"] = compare({k: v.numpy() for k, v in got.items()}, outs)
-        report.errors[seg.name] = entry["check"]
-        for name, err in entry["check"].items():
-            tol = int8_tolerance if entry["precision"] == "int8" else tolerance
-            if err["rel"] > tol:
-                fused = (f" in its fused-attention graph {entry['ort_graph']['path']} (export with --no-fused-attention "
-                         "to skip it)") if entry.get("ort_graph") else ""
-                failures.append(f"segment {seg.name} output {name} | ONNX Runtime differs from PyTorch by {err['rel']:.2e} "
-                                f"(relative; max abs {err['max_abs']:.2e}){fused}. Expected: <= {tol:.0e}.")
-    if int8 is not None and not failures:
-        from deltadit.export.int8 import guard
 
-        int8_info.update(guard(s, plan, preset, runner, work, manifest, holdout, int8, progress))
-        manifest["int8"] = int8_info
-        failures += int8_info.pop("failures")
-    runner.deactivate()
-    report.seconds["check"] = time.perf_counter() - tic
-    stages_bar.update(1)
-    stages_bar.set_postfix_str("write bundle")
+
+def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[dict], plan: DeltaPlan, preset: Preset,
+               tolerance: float, int8_tolerance: float, int8, int8_info, holdout, report: ExportReport,
+               progress: bool) -> None:
+    """Stage 4: every segment on ONNX Runtime (CPU) against PyTorch, then (INT8) the quality guard;
+    raises listing every failure. Fills each entry's ``check`` and, for INT8, ``manifest["int8"]``."""
+    from deltadit.export.onnx import compare
+    from deltadit.runtime.runners.onnxrt import OnnxrtRunner
+
+    runner = OnnxrtRunner(work, manifest, split.segments)
+    failures = []
+    try:
+        for seg, entry in track(list(zip(split.segments, entries)), "check onnx", enabled=progress, unit="segments"):
+            args, outs = traced[seg.name]
+            got = runner.infer(seg.name, args)
+            entry["check"] = compare({k: v.numpy() for k, v in got.items()}, outs)
+            report.errors[seg.name] = entry["check"]
+            tol = int8_tolerance if entry["precision"] == "int8" else tolerance
+            for name, err in entry["check"].items():
+                if err["rel"] > tol:
+                    fused = (f" in its fused-attention graph {entry['ort_graph']['path']} (export with --no-fused-attention "
+                             "to skip it)") if entry.get("ort_graph") else ""
+                    failures.append(f"segment {seg.name} output {name} | ONNX Runtime differs from PyTorch by {err['rel']:.2e} "
+                                    f"(relative; max abs {err['max_abs']:.2e}){fused}. Expected: <= {tol:.0e}.")
+        if int8 is not None and not failures:
+            from deltadit.export.int8 import guard
+
+            int8_info.update(guard(split, plan, preset, runner, work, manifest, holdout, int8, progress))
+            manifest["int8"] = int8_info
+            failures += int8_info.pop("failures")
+    finally:
+        runner.deactivate()
     if failures:
-        stages_bar.close()
         raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
 
-    # 4b. TensorRT engines where tensorrt imports and a GPU is visible (else the reason, stated)
-    from deltadit.runtime.engines import ensure_engines, unavailable_reason
 
-    reason = unavailable_reason() if build_engines else "TensorRT engines were not built: disabled (--no-engines)."
+def engines(target: Output, manifest: dict, build: bool, report: ExportReport) -> None:
+    """Stage 5: TensorRT engines where tensorrt imports and a GPU is visible (else the reason, stated)."""
+    from deltadit.runtime.engines import ENGINES_DIR, ensure_engines, unavailable_reason
+
+    reason = unavailable_reason() if build else "TensorRT engines were not built: disabled (--no-engines)."
     if reason is None:
-        stages_bar.set_postfix_str("tensorrt engines")
         tic = time.perf_counter()
-        paths = ensure_engines(work, manifest)
-        manifest["engines"] = {"built": True, "files": {k: str(v.relative_to(work)) for k, v in paths.items()}}
+        target.claim(f"{ENGINES_DIR}/*")
+        paths = ensure_engines(target.work, manifest)
+        manifest["engines"] = {"built": True, "files": {k: str(v.relative_to(target.work)) for k, v in paths.items()}}
         report.seconds["engines"] = time.perf_counter() - tic
     else:
         manifest["engines"] = {"built": False, "reason": reason}
     report.engines = manifest["engines"]
 
-    # 5. write the manifest last, then publish the folder in one rename
-    write_json_atomic(work / MANIFEST, manifest)
-    stages_path.unlink(missing_ok=True)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        work.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        work.rename(out)
-    stages_bar.update(1)
-    stages_bar.close()
-    return report
+
+def write_bundle(target: Output, manifest: dict) -> None:
+    """Stage 6: the manifest last, then the folder published in one rename (export/publish.py)."""
+    target.claim(MANIFEST, MANIFEST + ".tmp")
+    write_json_atomic(target.work / MANIFEST, manifest)
+    target.publish()

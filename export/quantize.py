@@ -47,16 +47,27 @@ class Int8Options:
     seed: int = 0
     min_sqnr_db: float = 15.0
 
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
+        """Every invalid option, one line each (empty when all are fine)."""
+        from deltadit import validate
+
         problems = []
         if self.calibration not in CALIBRATIONS:
             problems.append(f"--calibration | '{self.calibration}' is unknown. Expected: one of {', '.join(CALIBRATIONS)}.")
-        if not 50.0 < self.percentile <= 100.0:
+        if not (isinstance(self.percentile, (int, float)) and 50.0 < self.percentile <= 100.0):  # nan fails too
             problems.append(f"--percentile | {self.percentile} is out of range. Expected: 50 < p <= 100 (e.g. 99.99).")
-        if not 0.0 <= self.alpha <= 1.0:
-            problems.append(f"--smoothquant-alpha | {self.alpha} is out of range. Expected: 0 <= alpha <= 1.")
-        if self.count < 1:
-            problems.append(f"--calib-count | {self.count} is too small. Expected: >= 1 calibration generation.")
+        checks = [(validate.real, "--smoothquant-alpha", self.alpha, 0.0, 1.0, ""),
+                  (validate.integer, "--calib-count", self.count, 1, validate.MAX_CALIB_COUNT, " calibration generations"),
+                  (validate.real, "--int8-min-sqnr", self.min_sqnr_db, None, None, " (dB)")]
+        for check, *args in checks:
+            try:
+                check(*args)
+            except DeltaDiTError as e:
+                problems.append(str(e))
+        return problems
+
+    def validate(self) -> None:
+        problems = self.problems()
         if problems:
             raise DeltaDiTError("\n".join(problems))
 

@@ -113,4 +113,6 @@ SPEC = ModelSpec(
     stages=lambda config: (Stage("dual", "transformer_blocks", config["num_layers"]),
                            Stage("single", "single_transformer_blocks", config["num_single_layers"])),
     unbatched=("txt_ids", "img_ids", "rotary_cos", "rotary_sin"),
+    token_side=lambda config: 2,
+    embedded_guidance=True,
 )

@@ -67,6 +67,9 @@ class ModelSpec:
         that block does not output the stream, and a cached range ending there has no Δ for it.
     stages(config): the block stages in order (default: one stage over ``transformer_blocks``).
     unbatched: tensor names without a batch axis (FLUX's position ids and rotary tables).
+    token_side(config): latent pixels per token side (the patch size; FLUX packs 2x2 latent pixels
+        into one token with patch_size 1): a resolution must be a multiple of it times the VAE factor.
+    embedded_guidance: the guidance scale is a model input (FLUX.1-dev), not a CFG batch.
     """
 
     arch: str
@@ -89,6 +92,8 @@ class ModelSpec:
     stream_ends: Callable[[dict], dict] = lambda config: {}
     stages: Callable[[dict], tuple[Stage, ...]] = lambda config: (Stage("blocks", "transformer_blocks", config["num_layers"]),)
     unbatched: tuple[str, ...] = ()
+    token_side: Callable[[dict], int] = lambda config: config["patch_size"]
+    embedded_guidance: bool = False
 
     def num_blocks(self, config: dict) -> int:
         return sum(st.count for st in self.stages(config))
