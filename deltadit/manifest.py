@@ -207,6 +207,7 @@ class Manifest:
     engines: Engines
     versions: dict
     int8: dict | None = None
+    int8_weight_bits: int | None = None  # 8, or 7 (codes within +-64; see deltadit.runtime.cpu)
 
     def segment(self, name: str) -> SegmentEntry:
         for s in self.segments:
@@ -249,8 +250,12 @@ def _parse(m: _Fields) -> Manifest:
     int8 = m.data.get("int8")
     if not isinstance(versions, dict) or (int8 is not None and not isinstance(int8, dict)):
         _bad("versions / int8", "are not objects", "objects")
+    bits = None
+    if int8 is not None:
+        options = _Fields(int8, "int8").obj("options", optional=True)
+        bits = (options.int("weight_bits", 7, 8, optional=True) if options is not None else None) or 8
     return Manifest(version, model, m.str("precision", PRECISIONS), export, sampling, plan, segments, engines,
-                    versions, int8)
+                    versions, int8, bits)
 
 
 def _model(f: _Fields) -> ModelInfo:

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-count", type=int, default=4, help="calibration generations, one prompt / class each (default 4)")
     q.add_argument("--calib-prompts", help="text file, one calibration prompt per line (PixArt)")
     q.add_argument("--int8-min-sqnr", type=float, default=15.0, help="fail when a group's held-out SQNR is lower (dB, default 15)")
+    q.add_argument("--int8-weight-bits", default="auto", choices=("auto", "7", "8"),
+                   help="8-bit weights, or 7 for x86 CPUs without VNNI whose ONNX Runtime int8 kernel saturates on "
+                        "8-bit weights (auto: 7 on such a CPU, else 8; choose 8 for VNNI / AMX CPUs and GPUs)")
     return p
 
 
@@ -77,9 +80,11 @@ def third_party_output(verbose: bool):
 def int8_options(args):
     """The INT8 options from the flags (always built, so bad values are refused even without --int8)."""
     from deltadit.export.quantize import Int8Options
+    from deltadit.runtime.cpu import default_weight_bits
 
+    bits = default_weight_bits() if args.int8_weight_bits == "auto" else int(args.int8_weight_bits)
     return Int8Options(calibration=args.calibration, percentile=args.percentile, alpha=args.smoothquant_alpha,
-                       count=args.calib_count, seed=args.seed, min_sqnr_db=args.int8_min_sqnr)
+                       count=args.calib_count, seed=args.seed, min_sqnr_db=args.int8_min_sqnr, weight_bits=bits)
 
 
 def ready_int8(args, options):

@@ -325,6 +325,8 @@ def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[di
     from deltadit.export.onnx import compare
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
+    if int8_info is not None:  # the runner reads the weight bits (emulated int8 on CPUs that would saturate)
+        manifest["int8"] = int8_info
     runner = OnnxrtRunner(work, manifest, split.segments)
     failures = []
     try:

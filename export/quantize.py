@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from deltadit.errors import DeltaDiTError
 
@@ -37,7 +37,9 @@ class Int8Options:
     """calibration: max | percentile | smoothquant.  percentile: for 'percentile' (activations).
     alpha: SmoothQuant migration strength.  count: calibration prompts / classes (one generation each).
     prompts: calibration prompts (None: the model's list or DEFAULT_PROMPTS).  seed: noise and holdout.
-    min_sqnr_db: the export fails when a group's SQNR on held-out inputs is lower."""
+    min_sqnr_db: the export fails when a group's SQNR on held-out inputs is lower.
+    weight_bits: 8, or 7 for x86 CPUs without VNNI, whose ONNX Runtime int8 kernel saturates on full
+    8-bit weights (deltadit.runtime.cpu); 7-bit weights are stored as int8 codes within +-64."""
 
     calibration: str = "max"
     percentile: float = 99.99
@@ -46,6 +48,7 @@ class Int8Options:
     prompts: tuple[str, ...] | None = None
     seed: int = 0
     min_sqnr_db: float = 15.0
+    weight_bits: int = field(default_factory=lambda: _auto_weight_bits())
 
     def problems(self) -> list[str]:
         """Every invalid option, one line each (empty when all are fine)."""
@@ -54,6 +57,9 @@ class Int8Options:
         problems = []
         if self.calibration not in CALIBRATIONS:
             problems.append(f"--calibration | '{self.calibration}' is unknown. Expected: one of {', '.join(CALIBRATIONS)}.")
+        if self.weight_bits not in (7, 8):
+            problems.append(f"--int8-weight-bits | {self.weight_bits!r} is not supported. Expected: 8, or 7 for x86 "
+                            "CPUs without VNNI (auto picks it).")
         if not (isinstance(self.percentile, (int, float)) and 50.0 < self.percentile <= 100.0):  # nan fails too
             problems.append(f"--percentile | {self.percentile} is out of range. Expected: 50 < p <= 100 (e.g. 99.99).")
         checks = [(validate.real, "--smoothquant-alpha", self.alpha, 0.0, 1.0, ""),
@@ -73,6 +79,12 @@ class Int8Options:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _auto_weight_bits() -> int:
+    from deltadit.runtime.cpu import default_weight_bits
+
+    return default_weight_bits()
 
 
 def modelopt_config(options: Int8Options, keep_fp: tuple[str, ...]) -> dict:
@@ -110,8 +122,24 @@ def quantize_groups(groups: dict, options: Int8Options, keep_fp: tuple[str, ...]
         _collect_percentile(container, forward_loop, options.percentile)
     else:
         mtq.quantize(container, cfg, forward_loop=lambda _model: forward_loop())
+    if options.weight_bits == 7:
+        _halve_weight_range(container)
     container.eval()
     return quantized_layers(container)
+
+
+def _halve_weight_range(container) -> None:
+    """7-bit weights in INT8 QDQ: doubling each weight quantizer's amax keeps every code within +-64
+    (the round of +-63.5), which ONNX Runtime's AVX2 int8 kernel multiplies without saturating."""
+    import torch
+
+    for module in container.modules():
+        q = getattr(module, "weight_quantizer", None)
+        if q is not None and getattr(q, "is_enabled", False) and q.amax is not None:
+            q.amax = q.amax * 2
+            with torch.no_grad():  # the check below holds by construction; keep it honest anyway
+                codes = torch.round(module.weight / (q.amax / 127).reshape(-1, *[1] * (module.weight.dim() - 1)))
+            assert codes.abs().max() <= 64, "7-bit weight codes must stay within +-64"
 
 
 def _collect_percentile(container, forward_loop, percentile: float) -> None:

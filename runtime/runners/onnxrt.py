@@ -9,6 +9,7 @@ onnxruntime-gpu); on CPU nothing is copied. Without IO binding, tensors cross as
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ class OnnxrtRunner(Runner):
         if isinstance(manifest, dict):  # the exporter checks its graphs before the manifest is written
             manifest = Manifest.from_dict(manifest)
         self.entries = {s.name: s for s in manifest.segments}
+        self.int8_weight_bits = manifest.int8_weight_bits
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.io_binding = io_binding
         on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
@@ -54,12 +56,25 @@ class OnnxrtRunner(Runner):
         if self.device != "cpu" and not torch.cuda.is_available():
             # Deltas cannot live on the GPU as torch tensors; fall back to host tensors (copies per segment).
             self.device, self.io_binding = "cpu", False
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         provider_options = [{"device_id": self.device_id} if p in GPU_PROVIDERS else {} for p in self.providers]
+        self.emulated_int8 = [n for n, e in self.entries.items() if e.precision == "int8" and self._emulate_int8()]
+        if self.emulated_int8:
+            warnings.warn("ONNX Runtime's int8 kernel on this CPU (x86 without VNNI) saturates on the bundle's 8-bit "
+                          "weights, so its INT8 segments run dequantized in FP32: correct, without the INT8 speed-up. "
+                          "Export with --int8-weight-bits 7 (the default on such a CPU) for int8 kernels here.",
+                          RuntimeWarning, stacklevel=3)
         for name, entry in self.entries.items():
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if name in self.emulated_int8:
+                opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ stay float ops: exact
             self.sessions[name] = ort.InferenceSession(str(self.root / self.graph_path(entry)), opts,
                                                        providers=self.providers, provider_options=provider_options)
+
+    def _emulate_int8(self) -> bool:
+        from deltadit.runtime.cpu import int8_gemm_saturates
+
+        return self.providers[0] == "CPUExecutionProvider" and self.int8_weight_bits == 8 and int8_gemm_saturates()
 
     def graph_path(self, entry: SegmentEntry) -> str:
         """The ONNX file this runner opens for a manifest segment entry (always one of its hashed files)."""

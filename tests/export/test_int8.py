@@ -140,3 +140,32 @@ def test_cli_int8_errors(tmp_path, capsys, monkeypatch):
     assert main(["--model", "pixart", "--random-init", "--int8", "--out", str(tmp_path / "b")]) == 2
     assert "pip install 'deltadit[int8]'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_seven_bit_weights_stay_within_the_kernels_safe_range_and_eight_bit_bundles_run_exactly(tmp_path, monkeypatch):
+    """--int8-weight-bits 7 stores every weight code within +-64; an 8-bit bundle on a CPU whose int8 kernel
+    would saturate runs its groups dequantized (exact) and says so."""
+    import onnx
+    from onnx import numpy_helper
+
+    from deltadit.runtime import cpu
+
+    export_bundle(small_preset(), PLAN, tmp_path / "q7", random_init=True, progress=False,
+                  int8=Int8Options(count=1, weight_bits=7))
+    m = runtime.load(tmp_path / "q7").manifest
+    assert m.int8_weight_bits == 7
+    graph = onnx.load(str(tmp_path / "q7" / "onnx" / "blocks_00_03.onnx")).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"
+              and n.attribute and n.attribute[0].HasField("t")}
+    codes = [np.round(np.abs(weights[n.input[0]]) / consts[n.input[1]].reshape(-1, 1)).max()  # per output channel
+             for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in weights]
+    assert len(codes) == 30 and max(codes) <= 64
+
+    monkeypatch.setattr(cpu, "int8_gemm_saturates", lambda: True)
+    export_bundle(small_preset(), PLAN, tmp_path / "q8", random_init=True, progress=False,
+                  int8=Int8Options(count=1, weight_bits=8))
+    b = runtime.load(tmp_path / "q8")
+    with pytest.warns(RuntimeWarning, match=r"saturates on the bundle's 8-bit weights"):
+        b.runner.activate()
+    assert b.runner.emulated_int8 == ["blocks_00_03", "blocks_03_06"]
