@@ -81,16 +81,10 @@ def _conditions(bundle, gen):
 def run_loop(executor, bundle, seed: int = 0):
     import torch
 
-    from deltadit.runtime.loop import denoise, prepare
+    from deltadit.runtime.sampling import from_manifest, sample
 
-    m = bundle.manifest
-    gen = torch.Generator().manual_seed(seed)
-    side = m.export.latent_side
-    sampling = {"scheduler": m.sampling.scheduler, "scheduler_config": m.sampling.scheduler_config}
-    sched, latents = prepare(sampling, executor.plan.num_steps, (1, bundle.config["in_channels"], side, side), gen)
-    cond, uncond = _conditions(bundle, gen)
-    with torch.no_grad():
-        return denoise(executor, bundle.spec, bundle.config, sched, latents, cond, uncond, m.sampling.guidance_scale)
+    cond, uncond = _conditions(bundle, torch.Generator().manual_seed(seed + 1))
+    return sample(executor, bundle.spec, bundle.config, from_manifest(bundle.manifest), cond, uncond, seed)
 
 
 def step_feeds(bundle):

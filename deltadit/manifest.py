@@ -238,9 +238,18 @@ def _parse(m: _Fields) -> Manifest:
     export = _export(m.obj("export"))
     sampling = _sampling(m.obj("sampling"))
     plan = _plan(m.data.get("plan"))
-    if plan.num_blocks != model.config["num_layers"]:
-        _bad("plan.num_blocks", f"is {plan.num_blocks} but model.config.num_layers is {model.config['num_layers']}",
+    from deltadit.models.spec import get_spec
+
+    spec = get_spec(model.arch)
+    try:
+        blocks, cuts = spec.num_blocks(model.config), spec.stage_cuts(model.config)
+    except (KeyError, TypeError) as e:
+        _bad("model.config", f"lacks what the {model.arch} blocks need ({type(e).__name__}: {e})", "the model's diffusers config")
+    if plan.num_blocks != blocks:
+        _bad("plan.num_blocks", f"is {plan.num_blocks} but the {model.arch} model has {blocks} blocks",
              "a plan built for the model's blocks")
+    if not set(cuts) <= set(plan.cut_points):
+        _bad("plan.cuts", f"are {list(plan.cuts)}", f"the model's stage boundaries {list(cuts)} among the cut points")
     if sampling.steps != plan.num_steps:
         _bad("sampling.steps", f"is {sampling.steps} but the plan has {plan.num_steps} steps", "equal step counts")
     segments = tuple(_segment(_Fields(s, f"segments[{i}]")) for i, s in enumerate(m.list("segments", MAX_BLOCKS + 2)))
@@ -265,6 +274,7 @@ def _model(f: _Fields) -> ModelInfo:
     config = dict(cfg.data)
     # The sizes the runtime allocates from: bounded here, the rest of the config is the model's own.
     cfg.int("num_layers", 1, MAX_BLOCKS)
+    cfg.int("num_single_layers", 0, MAX_BLOCKS, optional=True)
     for key in ("in_channels", "out_channels"):
         cfg.int(key, 1, MAX_CHANNELS, optional=True)
     cfg.int("num_embeds_ada_norm", 1, 1 << 20, optional=True)

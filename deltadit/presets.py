@@ -11,12 +11,12 @@ from pathlib import Path
 from deltadit import validate as v
 from deltadit.errors import DeltaDiTError, raise_if
 from deltadit.schedulers import SCHEDULER_NAMES
-from deltadit.sources import EMBEDDED, resolve_source  # noqa: F401 - re-exported for presets users
+from deltadit.sources import EMBEDDED, is_embedded, resolve_source  # noqa: F401 - re-exported for presets users
 
 
 @dataclass(frozen=True)
 class Preset:
-    """name: preset name.  arch: spec key.  source: where real weights come from (hub id).
+    """name: preset name.  arch: spec key.  source: where real weights come from (hub id, folder or embedded:NAME).
     transformer: the diffusers transformer config.  steps/b/nc/interval/variant: the Δ-DiT plan.
     scheduler, guidance_scale (<= 1 means no CFG), text_len (caption tokens), resolution (px).
     vae_scale: pixels per latent pixel (8 for SD-style VAEs, 1 for a pixel-space model); decoder: "vae"
@@ -88,9 +88,7 @@ class Preset:
 
     def check(self) -> "Preset":
         """Return self, or raise one DeltaDiTError listing every value out of range."""
-        problems = self.problems()
-        raise_if(problems, f"preset {self.name} | invalid values:" if len(problems) > 1 else None)
-        return self
+        return checked(self)
 
     def problems(self) -> list[str]:
         """One message per bad value (architecture, plan, sampling, scheduler, prompts)."""
@@ -113,8 +111,13 @@ class Preset:
                        "Expected: a [transformer] table with the diffusers model config.")
             blocks = patch = None
         else:
-            need(v.integer, "transformer num_layers", self.transformer.get("num_layers"), 1, v.MAX_BLOCKS)
-            need(v.integer, "transformer patch_size", self.transformer.get("patch_size"), 1, 64)
+            missing = [k for k in REQUIRED_KEYS + ARCH_KEYS.get(self.arch, ()) if k not in self.transformer]
+            if missing:
+                out.append(f"transformer | missing {', '.join(missing)} (block count, MACs, segment shapes). Expected: "
+                           "these keys in the [transformer] table, as in the model's transformer/config.json.")
+            for key, top in (("num_layers", v.MAX_BLOCKS), ("patch_size", 64)):
+                if key in self.transformer:
+                    need(v.integer, f"transformer {key}", self.transformer[key], 1, top)
             blocks = patch = None
             if self.arch in known_archs() and not out:
                 blocks = need(v.integer, "transformer blocks", self.num_blocks, 1, v.MAX_BLOCKS)
@@ -152,11 +155,22 @@ class Preset:
 DEFAULT = "animals"  # the embedded, trained default model
 DECODERS = ("vae", "pixels")
 SECTIONS = ("plan", "sampling", "transformer", "scheduler_config")  # the tables of a preset file
+# Transformer config keys the specs read without a default (deltadit/models/*: block count, MACs, head inputs,
+# guidance); diffusers' own defaults are not copied here, so a preset must state them.
+REQUIRED_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size", "in_channels")
+ARCH_KEYS = {
+    "pixart": ("out_channels", "sample_size", "caption_channels"),
+    "dit": ("out_channels", "num_embeds_ada_norm"),
+    "sd3": ("joint_attention_dim", "pooled_projection_dim"),
+    "flux": ("num_single_layers", "joint_attention_dim", "pooled_projection_dim"),
+}
 
 
 def unknown_prompt_warning(preset_name: str, prompt: str | None) -> str | None:
     """A one-line warning when ``prompt`` names none of the words preset ``preset_name`` knows (its
     ``prompts``), else None (also for presets without a word list, or that no longer load)."""
+    if preset_name not in available():  # a bundle of a .toml or a folder: no word list to check against
+        return None
     try:
         words = load_preset(preset_name).prompts
     except DeltaDiTError:
@@ -172,17 +186,26 @@ def available() -> list[str]:
 
 
 def load_preset(name_or_path: str) -> Preset:
-    """Load a preset by name (``pixart``, ``pixart-1024``, ``dit-xl``, ``pixart-lcm``) or from a .toml path."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
-        text, name = path.read_text(), path.stem
-    else:
-        entry = resources.files("deltadit.configs") / f"{name_or_path}.toml"
-        if not entry.is_file():
-            raise DeltaDiTError(
-                f"model | '{name_or_path}' is not a preset or a .toml file. Expected: one of {', '.join(available())}."
-            )
-        text, name = entry.read_text(), name_or_path
+    """Load a preset: a name (:func:`available`), a .toml path, a diffusers pipeline or transformer folder, or a
+    hub id already in the local cache (the last two: :func:`deltadit.byo.preset_from_folder`; nothing downloaded).
+    A preset name wins over a folder of the same name in the working directory (write ./NAME for the folder)."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise DeltaDiTError(f"model | the preset file {path} does not exist. Expected: the path of a .toml file "
+                                "laid out like configs/pixart.toml, or a preset name: " + ", ".join(available()) + ".")
+        return _from_toml(path.read_text(), path.stem, base=path.resolve().parent)
+    if name_or_path in available():  # a bare name: "/x/y" would join to a file outside the package
+        return _from_toml((resources.files("deltadit.configs") / f"{name_or_path}.toml").read_text(), name_or_path)
+    from deltadit import byo
+
+    return byo.load(name_or_path)
+
+
+def _from_toml(text: str, name: str, base: Path | None = None) -> Preset:
+    """The preset a .toml text describes. base: the folder of a user's file (None for the packaged presets):
+    its relative ``source`` resolves there, and its [transformer] keys are checked against the diffusers class
+    (which imports diffusers and torch, so the packaged presets skip it: tests/test_presets.py checks them)."""
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -191,10 +214,12 @@ def load_preset(name_or_path: str) -> Preset:
     if wrong:
         raise DeltaDiTError(f"preset {name} | {', '.join(wrong)}, not a table. Expected: the layout of "
                             "configs/pixart.toml (e.g. a [transformer] section of key = value lines).")
+    source = d.get("source", "")
     try:
         plan, sampling = d["plan"], d["sampling"]
         preset = Preset(
-            name=name, description=d.get("description", name), arch=d["arch"], source=d.get("source", ""),
+            name=name, description=d.get("description", name), arch=d["arch"],
+            source=source if base is None else _relative_to(source, base),
             transformer=dict(d["transformer"]), steps=plan["steps"], b=plan["b"], nc=plan["nc"],
             interval=plan.get("interval", 2), variant=plan.get("variant", "delta-dit"),
             scheduler=sampling["scheduler"], guidance_scale=_float(sampling["guidance_scale"]),
@@ -205,7 +230,61 @@ def load_preset(name_or_path: str) -> Preset:
         )
     except KeyError as e:
         raise DeltaDiTError(f"preset {name} | missing key {e}. Expected: the layout of configs/pixart.toml.") from None
-    return preset.check()
+    if base is None:
+        return preset.check()
+    fix = "Expected: the argument names of diffusers.{cls} (the keys of its config.json); fix or remove them."
+    return checked(preset, unknown_keys(preset.arch, preset.transformer, fix))
+
+
+def checked(preset: Preset, extra: list[str] | tuple[str, ...] = ()) -> Preset:
+    """``preset`` if it and ``extra`` (more problems found while reading it) are fine, else one DeltaDiTError."""
+    problems = preset.problems() + list(extra)
+    raise_if(problems, f"preset {preset.name} | invalid values:" if len(problems) > 1 else None)
+    return preset
+
+
+def unknown_keys(arch: str, config: dict, fix: str) -> list[str]:
+    """A problem naming the keys of ``config`` that the ``arch`` diffusers class does not take (with the nearest
+    right spelling), else []. fix: the "Expected: ..." text, where ``{cls}`` is the class name. Imports
+    diffusers (and torch); skipped where diffusers is not installed (the plan needs only the keys' values)."""
+    import difflib
+    import inspect
+
+    from deltadit.models.spec import get_spec, known_archs
+
+    if arch not in known_archs() or not isinstance(config, dict):
+        return []  # Preset.problems reports these
+    name = get_spec(arch).diffusers_class
+    try:
+        import diffusers
+
+        params = inspect.signature(getattr(diffusers, name).__init__).parameters
+    except (ImportError, AttributeError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return []
+    known = [k for k in params if k != "self"]
+    unknown = [k for k in config if k not in known]
+    if not unknown:
+        return []
+    named = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else "")
+             for k in unknown]
+    return [f"transformer | {', '.join(named)} {'is not an argument' if len(named) == 1 else 'are not arguments'} "
+            f"of diffusers {name}. " + fix.format(cls=name)]
+
+
+def _relative_to(source, base: Path):
+    """A .toml's ``source`` that is a relative folder, against the .toml's folder (not the working directory):
+    when it exists there or starts with "." ("./weights", "../model"). Hub ids ("org/name"), ``embedded:NAME``
+    and absolute paths stay as written."""
+    if not isinstance(source, str) or not source or is_embedded(source):
+        return source
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if (base / path).exists() or source.startswith("."):
+        return str((base / path).resolve())
+    return source
 
 
 def _float(x):

@@ -40,16 +40,9 @@ def _model_prompts(root) -> tuple[str, ...] | None:
 
 def run_generation(executor, spec, config, preset, cond, uncond, seed):
     """One generation with the preset's sampler from seeded noise (as runtime.generate does)."""
-    import torch
+    from deltadit.runtime.sampling import from_preset, sample
 
-    from deltadit.runtime.loop import denoise, prepare
-
-    generator = torch.Generator().manual_seed(seed)
-    scheduler, latents = prepare({"scheduler": preset.scheduler, "scheduler_config": preset.scheduler_config},
-                                 executor.plan.num_steps, (1, config["in_channels"], preset.latent_side, preset.latent_side),
-                                 generator)
-    with torch.no_grad():
-        return denoise(executor, spec, config, scheduler, latents, cond, uncond, preset.guidance_scale, generator=generator)
+    return sample(executor, spec, config, from_preset(preset), cond, uncond, seed)
 
 
 def calibrate(transformer, fp_split, plan, preset, options, weights, random_init, progress):
@@ -133,7 +126,8 @@ def guard(fp_split, plan, preset, runner, work: Path, manifest: dict, holdout: d
             continue
         samples = holdout["samples"].get(seg.name, [])
         q = group_quality(fp_split.modules[seg.name],
-                          lambda feeds, _n=seg.name: runner.infer(_n, feeds)["hidden_states"].numpy(), samples)
+                          lambda feeds, _n=seg.name: {k: v.numpy() for k, v in runner.infer(_n, feeds).items()}, samples,
+                          seg.outputs)
         quality[seg.name] = q
         kernels[seg.name] = int8_kernels(work / runner.graph_path(runner.entries[seg.name]))  # the graph ONNX Runtime runs
         # On an x86 CPU without VNNI an 8-bit-weight group runs dequantized (exact) instead of int8 kernels.

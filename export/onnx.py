@@ -18,19 +18,49 @@ def onnx_output_names(seg: Segment) -> list[str]:
     return [f"{n}_out" if n in seg.inputs else n for n in seg.outputs]
 
 
-def export_segment(module, seg: Segment, feeds: dict, path: Path, opset: int) -> list[Path]:
-    """Write ``seg`` to ``path`` with its weights in ``path.data``; return the files written."""
+_SYMBOLICS: set[int] = set()
+
+
+def _register_symbolics(opset: int) -> None:
+    """aten::rms_norm (diffusers' RMSNorm: SD3.5 / FLUX qk-norm) has no ONNX op before opset 23 in
+    the legacy exporter: export it as x / sqrt(mean(x^2) + eps) * weight over the normalised axes."""
+    if opset in _SYMBOLICS:
+        return
+    import torch
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx import symbolic_helper as sh
+
+    def rms_norm(g, x, normalized_shape, weight, eps):
+        dims = sh._get_const(normalized_shape, "is", "normalized_shape")
+        eps = sh._maybe_get_const(eps, "f")
+        eps = 1.1920928955078125e-07 if eps is None or sh._is_none(eps) else float(eps)  # torch's default: float32 eps
+        axes = list(range(-len(dims), 0))
+        mean = (g.op("ReduceMean", g.op("Mul", x, x), axes_i=axes, keepdims_i=1) if opset < 18 else
+                g.op("ReduceMean", g.op("Mul", x, x), g.op("Constant", value_t=torch.tensor(axes)),
+                     keepdims_i=1))
+        out = g.op("Div", x, g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps)))))
+        return out if sh._is_none(weight) else g.op("Mul", out, weight)
+
+    register_custom_op_symbolic("aten::rms_norm", rms_norm, opset)
+    _SYMBOLICS.add(opset)
+
+
+def export_segment(module, seg: Segment, feeds: dict, path: Path, opset: int, unbatched=()) -> list[Path]:
+    """Write ``seg`` to ``path`` with its weights in ``path.data``; return the files written. Axis 0 of
+    every tensor is the dynamic batch, except for the ``unbatched`` names (e.g. FLUX's position ids)."""
     import onnx
     import torch
 
     if module.training:
         raise ValueError(f"segment {seg.name} is in training mode (dropout / label drop would be traced); call .eval()")
+    _register_symbolics(opset)
     tmp = path.with_name(path.stem + ".raw.onnx")
     outs = onnx_output_names(seg)
     with torch.no_grad():
         torch.onnx.export(
             module, tuple(feeds[n] for n in seg.inputs), str(tmp), input_names=list(seg.inputs), output_names=outs,
-            dynamic_axes={n: {0: "batch"} for n in list(seg.inputs) + outs}, opset_version=opset,
+            dynamic_axes={n: {0: "batch"} for n, base in zip(list(seg.inputs) + outs, list(seg.inputs) + list(seg.outputs))
+                          if base not in unbatched}, opset_version=opset,
             do_constant_folding=True, dynamo=False,
         )
     model = onnx.load(str(tmp))

@@ -81,8 +81,8 @@ def trace_inputs(split, feeds: dict) -> dict:
     return per_segment
 
 
-def _tensor_desc(name, t, onnx_name=None) -> dict:
-    shape = ["batch"] + list(t.shape[1:])
+def _tensor_desc(name, t, onnx_name=None, unbatched=()) -> dict:
+    shape = list(t.shape) if name in unbatched else ["batch"] + list(t.shape[1:])
     d = {"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")}
     if onnx_name is not None:
         d["onnx_name"] = onnx_name
@@ -211,7 +211,7 @@ def split_and_trace(transformer, plan: DeltaPlan, preset: Preset, seed: int):
 
     from deltadit.models import split as split_model
 
-    side, patch = preset.latent_side, preset.transformer["patch_size"]
+    side, patch = preset.latent_side, preset.spec.token_side(preset.transformer)
     s = split_model(transformer, plan.groups, (side // patch, side // patch))
     feeds = s.spec.example_inputs(s.config, preset.cfg_batch, preset.text_len, side, torch.Generator().manual_seed(seed))
     return s, trace_inputs(s, feeds)
@@ -227,10 +227,12 @@ def calibrate_int8(transformer, split, traced: dict, plan: DeltaPlan, preset: Pr
     from deltadit.export.int8 import calibrate
 
     qmodules, int8_info, holdout = calibrate(transformer, split, plan, preset, int8, weights, random_init, progress)
+    outputs = {seg.name: seg.outputs for seg in split.segments}
     with torch.no_grad():
         for name in qmodules:
             args, _ = traced[name]
-            traced[name] = (args, {"hidden_states": qmodules[name](*args.values())})
+            out = qmodules[name](*args.values())
+            traced[name] = (args, dict(zip(outputs[name], out if isinstance(out, tuple) else (out,))))
     return {**split.modules, **qmodules}, int8_info, holdout
 
 
@@ -255,14 +257,14 @@ def export_onnx(split, modules: dict, traced: dict, target: Output, opset: int, 
             report.reused.append(seg.name)
             files, ort_graph = done["files"], done.get("ort_graph")
         else:
-            files, ort_graph = _export_segment(modules[seg.name], seg, args, target, opset, fuse)
+            files, ort_graph = _export_segment(modules[seg.name], seg, args, target, opset, fuse, split.spec.unbatched)
             stages[seg.name] = {"key": key, "files": files, "ort_graph": ort_graph}
             write_json_atomic(stages_path, stages)
             report.exported.append(seg.name)
         entries.append({
             "name": seg.name, "kind": seg.kind, "block_range": list(seg.block_range) if seg.block_range else None,
-            "inputs": [_tensor_desc(n, t) for n, t in args.items()],
-            "outputs": [_tensor_desc(n, outs[n], o) for n, o in zip(seg.outputs, onnx_output_names(seg))],
+            "inputs": [_tensor_desc(n, t, None, split.spec.unbatched) for n, t in args.items()],
+            "outputs": [_tensor_desc(n, outs[n], o, split.spec.unbatched) for n, o in zip(seg.outputs, onnx_output_names(seg))],
             "files": files,
             "precision": "int8" if int8_info and seg.name in int8_info["quantized"] else "fp32",
             **({"ort_graph": ort_graph} if ort_graph else {}),
@@ -270,7 +272,7 @@ def export_onnx(split, modules: dict, traced: dict, target: Output, opset: int, 
     return entries
 
 
-def _export_segment(module, seg, args: dict, target: Output, opset: int, fuse: bool):
+def _export_segment(module, seg, args: dict, target: Output, opset: int, fuse: bool, unbatched=()):
     """One segment's ONNX (and, for groups, its fused-attention graph). Returns (files, ort_graph)."""
     from deltadit.export.fuse import fuse_attention
     from deltadit.export.onnx import export_segment
@@ -280,7 +282,7 @@ def _export_segment(module, seg, args: dict, target: Output, opset: int, fuse: b
     target.claim(f"onnx/{n}.onnx", f"onnx/{n}.onnx.data", f"onnx/{n}.raw*", f"onnx/{n}.ort.onnx", f"onnx/{n}.ort.onnx.tmp")
     path = work / "onnx" / f"{n}.onnx"
     path.parent.mkdir(exist_ok=True)
-    written = export_segment(module, seg, args, path, opset)
+    written = export_segment(module, seg, args, path, opset, unbatched)
     ort_graph = None
     if fuse and seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
         fused_path = path.with_name(f"{n}.ort.onnx")

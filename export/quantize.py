@@ -193,18 +193,23 @@ def sqnr(reference, test) -> dict:
     return {"sqnr_db": db, "rel_err": rel}
 
 
-def group_quality(fp_module, run_int8, samples: list[dict]) -> dict:
-    """fp_module: the FP group (torch); run_int8(feeds) -> output of the quantized group as shipped
-    (the INT8 ONNX on ONNX Runtime); samples: held-out group inputs. Compared on output − input."""
+def group_quality(fp_module, run_int8, samples: list[dict], streams: tuple[str, ...] = ("hidden_states",)) -> dict:
+    """fp_module: the FP group (torch); run_int8(feeds) -> {stream: output} of the quantized group as
+    shipped (the INT8 ONNX on ONNX Runtime); samples: held-out group inputs; streams: the group's
+    outputs (carried streams). Compared on output − input, over every stream together."""
     import numpy as np
     import torch
 
     refs, tests = [], []
     with torch.no_grad():
         for feeds in samples:
-            x = feeds["hidden_states"]
-            refs.append((fp_module(*feeds.values()) - x).numpy().ravel())
-            tests.append((np.asarray(run_int8(feeds)) - x.numpy()).ravel())
+            ref = fp_module(*feeds.values())
+            ref = dict(zip(streams, ref if isinstance(ref, tuple) else (ref,)))
+            got = run_int8(feeds)
+            for name in streams:
+                x = feeds[name]
+                refs.append((ref[name] - x).numpy().ravel())
+                tests.append((np.asarray(got[name]) - x.numpy()).ravel())
     result = sqnr(np.concatenate(refs), np.concatenate(tests))
     result["samples"] = len(samples)
     return result

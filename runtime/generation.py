@@ -183,7 +183,7 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     import torch
 
     from deltadit.console import track
-    from deltadit.runtime.loop import denoise, prepare
+    from deltadit.runtime.sampling import from_manifest, sample
 
     manifest, spec, config = bundle.manifest, bundle.spec, bundle.config
     key = _condition_key(spec, prompt, class_label)
@@ -200,20 +200,11 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     cond, uncond = conditioner(key)
     seconds["load+encode"] = time.perf_counter() - tic
 
-    side, channels = manifest.export.latent_side, config["in_channels"]
-    generator = torch.Generator().manual_seed(seed)
-    scheduler, latents = prepare({"scheduler": sampling.scheduler, "scheduler_config": sampling.scheduler_config},
-                                 bundle.plan.num_steps, (1, channels, side, side), generator)
-    device = getattr(bundle.runner, "device", "cpu")
-    latents = latents.to(device)
-    cond = {k: v.to(device) for k, v in cond.items()}
-    uncond = {k: v.to(device) for k, v in uncond.items()}
     executor = bundle.executor() if cache else bundle.uncached()
     steps = iter(track(range(bundle.plan.num_steps), "denoise", enabled=progress, unit="steps"))
     tic = time.perf_counter()
-    with torch.no_grad():
-        latents = denoise(executor, spec, config, scheduler, latents, cond, uncond, scale, generator=generator,
-                          callback=lambda *a: next(steps, None))
+    latents = sample(executor, spec, config, from_manifest(manifest), cond, uncond, seed, guidance_scale=scale,
+                     device=getattr(bundle.runner, "device", "cpu"), callback=lambda *a: next(steps, None))
     next(steps, None)  # let the progress display finish
     seconds["denoise"] = time.perf_counter() - tic
     if not bool(torch.isfinite(latents).all()):
@@ -222,7 +213,7 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
             f"guidance scale {scale} and scheduler {sampling.scheduler}: no image was written. Expected: a bundle "
             "whose check passes (deltadit check BUNDLE) and a moderate --guidance-scale; re-export if it persists.")
     tic = time.perf_counter()
-    image = decoder(latents.cpu())
+    image = decoder(spec.unpack(latents.cpu(), manifest.export.latent_side))
     seconds["decode"] = time.perf_counter() - tic
     return Generation(image=image, latents=latents.cpu(), seconds=seconds, cached=cache,
                       random_init=manifest.model.random_init)

@@ -29,23 +29,18 @@ def make_scheduler(name: str, config: dict | None = None):
     return cls.from_config({**(config or {}), **settings})
 
 
-def prepare(sampling: dict, steps: int, shape: tuple, generator):
-    """The scheduler of ``sampling`` ({"scheduler", "scheduler_config"}) set for ``steps``, and seeded
-    initial latents of ``shape`` scaled by its ``init_noise_sigma``, drawn as diffusers' pipelines draw
-    them (``randn_tensor``; a list of generators gives one per image)."""
-    from diffusers.utils.torch_utils import randn_tensor
-
+def make_scheduler_checked(name: str, config: dict | None, set_timesteps) -> object:
+    """make_scheduler + ``set_timesteps(scheduler)``, with diffusers' many exception types for a bad
+    scheduler config turned into one DeltaDiTError."""
     try:
-        scheduler = make_scheduler(sampling["scheduler"], sampling.get("scheduler_config"))
-        scheduler.set_timesteps(steps)
+        scheduler = make_scheduler(name, config)
+        set_timesteps(scheduler)
     except DeltaDiTError:
         raise
     except Exception as e:  # noqa: BLE001 - diffusers rejects a config with many exception types
-        raise DeltaDiTError(f"scheduler_config | diffusers' {sampling['scheduler']} scheduler rejects it ({type(e).__name__}: "
-                            f"{e}). Expected: the scheduler config of the model's pipeline (re-export the bundle).") from None
-    # Flow-matching schedulers start from unit noise and have no init_noise_sigma.
-    latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * getattr(scheduler, "init_noise_sigma", 1.0)
-    return scheduler, latents
+        raise DeltaDiTError(f"scheduler_config | diffusers' {name} scheduler rejects it ({type(e).__name__}: {e}). "
+                            "Expected: the scheduler config of the model's pipeline (re-export the bundle).") from None
+    return scheduler
 
 
 def _scale(scheduler, x, t):
@@ -72,12 +67,15 @@ def denoise(
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
     callback: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    extra: dict | None = None,
 ) -> torch.Tensor:
     """Run the plan's steps from initial noise ``latents`` (B, C, H, W), already scaled by the
     scheduler's ``init_noise_sigma``. cond / uncond: per-image head inputs other than sample and
     timestep (e.g. encoder_hidden_states + encoder_attention_mask, or class_labels); uncond is used
     only when guidance_scale > 1. The scheduler's timesteps must already be set for plan.num_steps
-    steps. callback(i, t, latents, model_output) sees every step. Returns the final latents."""
+    steps. callback(i, t, latents, model_output) sees every step. extra: head inputs shared by the
+    whole batch (FLUX's position ids and embedded guidance: ``spec.sampling_inputs``). Returns the
+    final latents."""
     plan = executor.plan
     timesteps = scheduler.timesteps
     if len(timesteps) != plan.num_steps:
@@ -85,8 +83,8 @@ def denoise(
             f"scheduler | {len(timesteps)} timesteps set, but the plan has {plan.num_steps} steps. "
             f"Expected: scheduler.set_timesteps({plan.num_steps}) or a plan built for {len(timesteps)} steps."
         )
-    do_cfg = guidance_scale > 1.0
-    batch = _cfg_batch(spec, cond, uncond if do_cfg else None)
+    do_cfg = guidance_scale > 1.0 and not spec.embedded_guidance
+    batch = {**_cfg_batch(spec, cond, uncond if do_cfg else None), **(extra or {})}
     if do_cfg and uncond is None:
         raise DeltaDiTError("uncond | guidance_scale > 1 needs unconditional inputs. Expected: uncond=... or guidance_scale <= 1.")
     step_kwargs = {}
@@ -107,6 +105,8 @@ def denoise(
             model_in = torch.cat([x] * 2) if do_cfg else x
             model_in = _scale(scheduler, model_in, t)
         timestep = t[None].to(model_in.device).expand(model_in.shape[0])
+        if spec.timestep_divisor != 1.0:  # FLUX: the pipeline passes t / 1000, in the latents' dtype
+            timestep = timestep.to(model_in.dtype) / spec.timestep_divisor
         noise_pred = executor.step(i, {"sample": model_in, "timestep": timestep, **batch})["sample"]
         out = spec.guidance(noise_pred, config, guidance_scale if do_cfg else None)
         result = scheduler.step(out, t, x, **step_kwargs, return_dict=False)

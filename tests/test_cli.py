@@ -42,7 +42,8 @@ def test_bad_flags_exit_2_with_named_parameter(capsys):
 
 
 def test_presets_carry_the_paper_settings():
-    assert available() == ["animals", "dit-xl", "pixart", "pixart-1024", "pixart-lcm"]
+    assert available() == ["animals", "dit-xl", "flux-dev", "flux-schnell", "pixart", "pixart-1024", "pixart-lcm",
+                           "pixart-sigma", "sd3-medium"]
     lcm = load_preset("pixart-lcm")
     assert (lcm.steps, lcm.b, lcm.nc, lcm.cfg_batch, lcm.scheduler) == (4, 2, 4, 1, "lcm")
     px = load_preset("pixart")
@@ -128,7 +129,7 @@ def test_unknown_prompt_warning():
 
 def test_resolution_override_names_the_multiple():
     with pytest.raises(DeltaDiTError, match=r"resolution \(--resolution\) \| 30 px is not a multiple of 16 "
-                                            r"\(patch_size 2 x vae_scale 8\)"):
+                                            r"\(token side 2 x vae_scale 8\)"):
         load_preset("pixart").with_overrides(resolution=30)
     assert load_preset("animals").with_overrides(resolution=32).latent_side == 32
 
@@ -185,3 +186,11 @@ def test_generate_warns_about_a_prompt_the_model_does_not_know(monkeypatch, caps
     assert lines[0].startswith("warning: prompt 'a unicorn' names none of the words") and lines[1] == "interrupted"
     assert main(["generate", "b", "--prompt", "a zebra", "--out", str(tmp_path / "z.png")]) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_model_flag_error_names_every_accepted_form(capsys):
+    assert main(["plan", "--model", "sd9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Expected: a preset (animals, " in err
+    assert ("a .toml path, a diffusers pipeline folder (with model_index.json) or transformer folder (with "
+            "config.json), or a hub id already downloaded into the cache") in err

@@ -83,22 +83,13 @@ def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
 def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditioner) -> np.ndarray:
     """(len(prompts) * per_class, H, W) images in [0, 1], batched per prompt; image k of a prompt uses
     seed + k, so every row draws from the same noise."""
-    import torch
-    from deltadit.runtime.loop import denoise, prepare
+    from deltadit.runtime.sampling import from_manifest, sample
 
-    m = bundle.manifest
-    side, ch = m.export.latent_side, bundle.config["in_channels"]
-    sampling = {"scheduler": m.sampling.scheduler, "scheduler_config": m.sampling.scheduler_config}
+    setup = from_manifest(bundle.manifest)
     images = []
     for prompt in prompts:
         cond, uncond = conditioner(prompt)
-        cond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in cond.items()}
-        uncond = {k: v.repeat(per_class, *([1] * (v.dim() - 1))) for k, v in uncond.items()}
-        scheduler, latents = prepare(sampling, bundle.plan.num_steps, (per_class, ch, side, side),
-                                     [torch.Generator().manual_seed(seed + k) for k in range(per_class)])
-        with torch.no_grad():
-            x = denoise(bundle.executor(), bundle.spec, bundle.config, scheduler, latents, cond, uncond,
-                        m.sampling.guidance_scale)
+        x = sample(bundle.executor(), bundle.spec, bundle.config, setup, cond, uncond, [seed + k for k in range(per_class)])
         images.append((x / 2 + 0.5).clamp(0, 1)[:, 0].numpy())
     return np.concatenate(images)
 

@@ -76,6 +76,44 @@ def image_ids(side: int):
     return ids.reshape(h * w, 3)
 
 
+def pack(latents):
+    """FluxPipeline._pack_latents: (B, C, H, W) -> (B, H/2 * W/2, 4C)."""
+    b, c, h, w = latents.shape
+    latents = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(latents, side: int):
+    """FluxPipeline._unpack_latents for a latent side: (B, L, 4C) -> (B, C, side, side)."""
+    b, _, channels = latents.shape
+    latents = latents.view(b, side // 2, side // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(b, channels // 4, side, side)
+
+
+def set_timesteps(scheduler, steps: int, config: dict, side: int) -> None:
+    """FluxPipeline's schedule: sigmas 1 -> 1/T, shifted by mu from the image token count."""
+    import numpy as np
+
+    sigmas = np.linspace(1.0, 1 / steps, steps)
+    cfg = scheduler.config
+    if not cfg.get("use_dynamic_shifting"):
+        scheduler.set_timesteps(sigmas=sigmas)
+        return
+    seq, lo, hi = packed_tokens(side), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096)
+    m = (cfg.get("max_shift", 1.15) - cfg.get("base_shift", 0.5)) / (hi - lo)  # FluxPipeline's calculate_shift
+    scheduler.set_timesteps(sigmas=sigmas, mu=seq * m + cfg.get("base_shift", 0.5) - m * lo)
+
+
+def sampling_inputs(config: dict, side: int, text_len: int, guidance_scale: float, batch: int) -> dict:
+    """Position ids (text rows all zero, image rows (0, row, column)) and the embedded guidance."""
+    import torch
+
+    feeds = {"txt_ids": torch.zeros(text_len, 3), "img_ids": image_ids(side)}
+    if config.get("guidance_embeds"):
+        feeds["guidance"] = torch.full((batch,), float(guidance_scale))
+    return feeds
+
+
 def example_inputs(config: dict, batch: int, text_len: int, side: int, generator=None) -> dict:
     import torch
 
@@ -115,4 +153,10 @@ SPEC = ModelSpec(
     unbatched=("txt_ids", "img_ids", "rotary_cos", "rotary_sin"),
     token_side=lambda config: 2,
     embedded_guidance=True,
+    noise_shape=lambda config, side: (config["in_channels"] // 4, side, side),
+    pack=pack,
+    unpack=unpack,
+    set_timesteps=set_timesteps,
+    timestep_divisor=1000.0,
+    sampling_inputs=sampling_inputs,
 )

@@ -70,6 +70,14 @@ class ModelSpec:
     token_side(config): latent pixels per token side (the patch size; FLUX packs 2x2 latent pixels
         into one token with patch_size 1): a resolution must be a multiple of it times the VAE factor.
     embedded_guidance: the guidance scale is a model input (FLUX.1-dev), not a CFG batch.
+    noise_shape(config, side): per-image shape of the initial noise as the pipeline draws it.
+    pack(latents) / unpack(latents, side): noise -> the transformer's latent layout and back before
+        decoding (FLUX packs 2x2 patches into tokens; identity elsewhere).
+    set_timesteps(scheduler, steps, config, side): the pipeline's timestep setup (FLUX shifts its
+        sigmas by the image size).
+    timestep_divisor: the model's timestep input = scheduler timestep / this (FLUX: 1000).
+    sampling_inputs(config, side, text_len, guidance_scale, batch): per-generation head inputs other
+        than the conditioning (FLUX: position ids, the embedded guidance).
     """
 
     arch: str
@@ -94,6 +102,12 @@ class ModelSpec:
     unbatched: tuple[str, ...] = ()
     token_side: Callable[[dict], int] = lambda config: config["patch_size"]
     embedded_guidance: bool = False
+    noise_shape: Callable[[dict, int], tuple] = lambda config, side: (config["in_channels"], side, side)
+    pack: Callable[[Any], Any] = lambda latents: latents
+    unpack: Callable[[Any, int], Any] = lambda latents, side: latents
+    set_timesteps: Callable[..., None] = lambda scheduler, steps, config, side: scheduler.set_timesteps(steps)
+    timestep_divisor: float = 1.0
+    sampling_inputs: Callable[..., dict] = lambda config, side, text_len, guidance_scale, batch: {}
 
     def num_blocks(self, config: dict) -> int:
         return sum(st.count for st in self.stages(config))

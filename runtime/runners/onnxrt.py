@@ -94,7 +94,7 @@ class OnnxrtRunner(Runner):
                 problems.append(f"input {spec.name} of segment {entry.name} | shape {list(got)} does not match "
                                 f"the bundle. Expected: {list(want)} (the bundle was exported for this shape; re-export "
                                 "with --resolution / text length to change it).")
-        batches = {tuple(feeds[s.name].shape)[0] for s in entry.inputs if feeds[s.name].dim() > 0}
+        batches = {tuple(feeds[s.name].shape)[0] for s in entry.inputs if s.shape and s.shape[0] == "batch"}
         if len(batches) > 1:
             problems.append(f"segment {entry.name} | inputs disagree on the batch size {sorted(batches)}.")
         if problems:
@@ -114,7 +114,7 @@ class OnnxrtRunner(Runner):
             arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items()}
             results = session.run([o.onnx_name for o in entry.outputs], arrays)
             return {o.name: torch.from_numpy(r) for o, r in zip(entry.outputs, results)}
-        batch = next(iter(tensors.values())).shape[0]
+        batch = next(feeds[i.name].shape[0] for i in entry.inputs if i.shape and i.shape[0] == "batch")
         kind, index = ("cuda", self.device_id) if self.device != "cpu" else ("cpu", 0)
         binding = session.io_binding()
         for name, t in tensors.items():

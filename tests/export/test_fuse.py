@@ -1,6 +1,8 @@
 """The ONNX Runtime fused-attention graph variant (export/fuse.py)."""
 
 import json
+
+from deltadit.bundle import read_bundle
 import shutil
 
 import numpy as np
@@ -57,12 +59,12 @@ def test_tensorrt_provider_opens_the_standard_graph(bundle):
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
     _, root = bundle
-    m = json.loads((root / "manifest.json").read_text())
-    group = next(s for s in m["segments"] if s["kind"] == "group")
+    m = read_bundle(root)
+    group = next(s for s in m.segments if s.kind == "group")
     trt = OnnxrtRunner(root, m, (), providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
     cpu = OnnxrtRunner(root, m, ())
-    assert trt.graph_path(group) == group["files"][0]["path"]
-    assert cpu.graph_path(group) == group["ort_graph"]["path"]
+    assert trt.graph_path(group) == group.files[0].path == f"onnx/{group.name}.onnx"
+    assert cpu.graph_path(group) == group.ort_graph == f"onnx/{group.name}.ort.onnx"
 
 
 def test_a_changed_fused_graph_fails_the_integrity_check(bundle, tmp_path):
@@ -132,4 +134,5 @@ def test_export_without_fusion_writes_only_standard_graphs(tmp_path):
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert not any("ort_graph" in s for s in m["segments"])
     assert not list((tmp_path / "b" / "onnx").glob("*.ort.onnx"))
-    assert runtime.load(tmp_path / "b").runner.graph_path(m["segments"][1]) == m["segments"][1]["files"][0]["path"]
+    b = runtime.load(tmp_path / "b")
+    assert b.runner.graph_path(b.manifest.segments[1]) == m["segments"][1]["files"][0]["path"]
