@@ -324,36 +324,48 @@ def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[di
                progress: bool) -> None:
     """Stage 4: every segment on ONNX Runtime (CPU) against PyTorch, then (INT8) the quality guard;
     raises listing every failure. Fills each entry's ``check`` and, for INT8, ``manifest["int8"]``."""
-    from deltadit.export.onnx import compare
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
     if int8_info is not None:  # the runner reads the weight bits (emulated int8 on CPUs that would saturate)
         manifest["int8"] = int8_info
+    failures = _check_graphs(work, manifest, split, traced, entries, tolerance, int8_tolerance, report, progress)
+    if int8 is None or failures:
+        if failures:
+            raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
+        return
+    from deltadit.export.int8 import guard
+
     runner = OnnxrtRunner(work, manifest, split.segments)
-    failures = []
+    try:
+        int8_info.update(guard(split, plan, preset, runner, work, manifest, holdout, int8, progress))
+    finally:
+        runner.deactivate()
+    manifest["int8"] = int8_info
+    failures += int8_info.pop("failures")
+    if failures:
+        raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
+
+
+def _check_graphs(work, manifest, split, traced, entries, tolerance, int8_tolerance, report, progress) -> list[str]:
+    """Each segment's graph (the fused-attention one where there is one) on ONNX Runtime vs PyTorch."""
+    from deltadit.export.onnx import compare
+    from deltadit.runtime.runners.onnxrt import OnnxrtRunner
+
+    failures, runner = [], OnnxrtRunner(work, manifest, split.segments)
     try:
         for seg, entry in track(list(zip(split.segments, entries)), "check onnx", enabled=progress, unit="segments"):
             args, outs = traced[seg.name]
-            got = runner.infer(seg.name, args)
-            entry["check"] = compare({k: v.numpy() for k, v in got.items()}, outs)
-            report.errors[seg.name] = entry["check"]
+            errs = compare({k: v.numpy() for k, v in runner.infer(seg.name, args).items()}, outs)
+            entry["check"] = report.errors[seg.name] = errs
             tol = int8_tolerance if entry["precision"] == "int8" else tolerance
-            for name, err in entry["check"].items():
-                if err["rel"] > tol:
-                    fused = (f" in its fused-attention graph {entry['ort_graph']['path']} (export with --no-fused-attention "
-                             "to skip it)") if entry.get("ort_graph") else ""
-                    failures.append(f"segment {seg.name} output {name} | ONNX Runtime differs from PyTorch by {err['rel']:.2e} "
-                                    f"(relative; max abs {err['max_abs']:.2e}){fused}. Expected: <= {tol:.0e}.")
-        if int8 is not None and not failures:
-            from deltadit.export.int8 import guard
-
-            int8_info.update(guard(split, plan, preset, runner, work, manifest, holdout, int8, progress))
-            manifest["int8"] = int8_info
-            failures += int8_info.pop("failures")
+            where = (f" in its fused-attention graph {entry['ort_graph']['path']} (export with --no-fused-attention "
+                     "to skip it)") if entry.get("ort_graph") else ""
+            failures += [f"segment {seg.name} output {name} | ONNX Runtime differs from PyTorch by {err['rel']:.2e} "
+                         f"(relative; max abs {err['max_abs']:.2e}){where}. Expected: <= {tol:.0e}."
+                         for name, err in errs.items() if err["rel"] > tol]
     finally:
         runner.deactivate()
-    if failures:
-        raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
+    return failures
 
 
 def engines(target: Output, manifest: dict, build: bool, report: ExportReport) -> None:

@@ -4,7 +4,8 @@ ONNX Runtime runs a quantized MatMul on x86 as u8 x s8 multiply-adds. Without a 
 instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8), its AVX2 kernel adds pairs of u8 x s8 products in 16-bit
 registers with saturation (vpmaddubsw): with 8-bit weights a pair can reach 2 x 255 x 127 = 64770 and
 saturate at 32767, so results are wrong (measured 17 % relative error on one random layer, AMD EPYC
-Zen 3). Weights kept within +-64 (7-bit) cannot saturate (2 x 255 x 64 = 32640). ONNX Runtime documents
+Zen 3). Weights kept within +-64 cannot saturate (2 x 255 x 64 = 32640); the exporter's 7-bit weights use
++-63. ONNX Runtime documents
 the same limit ("reduce_range" for U8S8 on AVX2 / AVX512 without VNNI).
 """
 
