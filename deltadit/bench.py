@@ -66,16 +66,7 @@ class UnmodifiedExecutor:
 
 def _conditions(bundle, gen):
     """Seeded (cond, uncond) of the bundle's shapes (the text encoder is not part of the timing)."""
-    import torch
-
-    ex, cfg = bundle.manifest.export, bundle.config
-    if bundle.spec.cond_input == "encoder_hidden_states":
-        L = ex.text_len
-        cond = {"encoder_hidden_states": torch.randn(1, L, cfg["caption_channels"], generator=gen), "encoder_attention_mask": torch.ones(1, L)}
-        uncond = {"encoder_hidden_states": torch.randn(1, L, cfg["caption_channels"], generator=gen), "encoder_attention_mask": torch.ones(1, L)}
-    else:
-        cond, uncond = {"class_labels": torch.tensor([1])}, {"class_labels": torch.tensor([cfg["num_embeds_ada_norm"]])}
-    return cond, uncond
+    return bundle.spec.random_condition(bundle.config, bundle.manifest.export.text_len, 1, 2, gen)
 
 
 def run_loop(executor, bundle, seed: int = 0):

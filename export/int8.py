@@ -13,6 +13,7 @@ import copy
 import json
 from pathlib import Path
 
+from deltadit.errors import DeltaDiTError
 from deltadit.export.quantize import (GroupRecorder, calibration_conditions, group_quality, kept_fp_layers,
                                       quantize_groups, sqnr)
 
@@ -20,15 +21,18 @@ HOLDOUT_SEED_OFFSET = 1000  # the held-out generation's noise seed, apart from t
 
 
 def _conditioner(spec, preset, weights, random_init):
-    """The model's text encoder when its pipeline folder is on disk (None: random embeddings)."""
-    if spec.cond_input != "encoder_hidden_states" or random_init:
+    """The model's text encoder when its pipeline folder is on disk (None: the spec's random conditions)."""
+    if not spec.prompted or random_init:
         return None, None
-    from deltadit.runtime.generation import TextConditioner, components_root
+    from deltadit.runtime.conditioning import components_root, make_conditioner
 
     root, looked = components_root(weights or preset.source)
-    if root is None or not (root / "tokenizer").is_dir() or not (root / "text_encoder").is_dir():
+    if root is None:
+        return None, None
+    try:
+        return make_conditioner(spec.conditioning, root, looked, preset.text_len, preset.transformer), root
+    except DeltaDiTError:  # a transformer-only folder: no text encoder to calibrate with
         return None, root
-    return TextConditioner(root, looked, preset.text_len), root
 
 
 def _model_prompts(root) -> tuple[str, ...] | None:
@@ -78,7 +82,7 @@ def calibrate(transformer, fp_split, plan, preset, options, weights, random_init
         "calibration": {
             "generations": len(calib), "steps_each": plan.num_steps, "plan": plan.variant,
             "conditioning": ("prompts" if conditioner is not None else
-                             "random caption embeddings (no text encoder on disk)" if spec.cond_input == "encoder_hidden_states"
+                             "random caption embeddings (no text encoder on disk)" if spec.prompted
                              else "class labels"),
             "prompts": list(prompts or ()) if conditioner is not None else None,
         },

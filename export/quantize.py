@@ -252,30 +252,13 @@ class GroupRecorder:
 
 def calibration_conditions(spec, config: dict, count: int, seed: int, text_len: int, conditioner=None,
                            prompts: tuple[str, ...] | None = None) -> list[tuple[dict, dict]]:
-    """(cond, uncond) per calibration generation. PixArt: prompts through the model's text encoder
-    when it is available, else seeded random caption embeddings (random-init exports); DiT: classes
-    spread over the label range."""
+    """(cond, uncond) per calibration generation: prompts through the model's text encoder when it is
+    available, else the spec's seeded stand-ins (random caption embeddings for random-init exports,
+    classes spread over the label range for class-conditional models)."""
     import torch
 
+    if conditioner is not None and spec.prompted:
+        pool = list(prompts or DEFAULT_PROMPTS)
+        return [conditioner(pool[i % len(pool)]) for i in range(count)]
     g = torch.Generator().manual_seed(seed)
-    out = []
-    if spec.cond_input == "encoder_hidden_states":
-        if conditioner is not None:
-            pool = list(prompts or DEFAULT_PROMPTS)
-            return [conditioner(pool[i % len(pool)]) for i in range(count)]
-        for _ in range(count):
-            keep = int(torch.randint(1, text_len + 1, (), generator=g))
-            mask = torch.zeros(1, text_len)
-            mask[0, :keep] = 1
-            emb = torch.randn(1, text_len, config["caption_channels"], generator=g)
-            neg = torch.zeros(1, text_len)
-            neg[0, :1] = 1
-            out.append(({"encoder_hidden_states": emb, "encoder_attention_mask": mask},
-                        {"encoder_hidden_states": torch.randn(1, text_len, config["caption_channels"], generator=g) * 0.1,
-                         "encoder_attention_mask": neg}))
-        return out
-    classes = config["num_embeds_ada_norm"]
-    for i in range(count):
-        label = (i * classes) // count + int(torch.randint(0, max(1, classes // count), (), generator=g))
-        out.append(({"class_labels": torch.tensor([label % classes])}, {"class_labels": torch.tensor([classes])}))
-    return out
+    return [spec.random_condition(config, text_len, i, count, g) for i in range(count)]

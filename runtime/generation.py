@@ -14,7 +14,6 @@ plan ``none`` reproduces the pipeline's image for the same seed.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 
 from deltadit import validate
 from deltadit.errors import DeltaDiTError
-from deltadit.sources import is_embedded, local_folder, resolve_source, weights_fingerprint
+from deltadit.runtime.conditioning import NEEDS_FOLDER, PixelDecoder, VaeDecoder, components_root, make_conditioner
+from deltadit.sources import is_embedded, weights_fingerprint
 
 
 @dataclass
@@ -43,17 +43,6 @@ class Generation:
         pixels = (np.clip(self.image, 0, 1) * 255).round().astype(np.uint8)
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
         return path
-
-
-def components_root(source: str | None, pipeline: str | Path | None = None) -> tuple[Path | None, list[str]]:
-    """The diffusers pipeline folder to take text encoder / VAE from (``pipeline``, else ``source``: a
-    folder, ``embedded:NAME`` or a hub id already in the local cache), and where it looked. Callers pass
-    only what the user named (a CLI flag, an API argument, a preset), never a path read from a manifest."""
-    cand = str(pipeline) if pipeline else source
-    if not cand:
-        return None, []
-    where = Path(resolve_source(cand))
-    return local_folder(cand), [str(where)] + ([] if where.is_dir() else [f"the local hub cache for '{cand}'"])
 
 
 def bundle_components_root(bundle, pipeline: str | Path | None, allow_other_weights: bool = False):
@@ -88,79 +77,6 @@ def bundle_components_root(bundle, pipeline: str | Path | None, allow_other_weig
                 "pipeline folder the bundle was exported from, a re-exported bundle, or --allow-other-weights "
                 "(API: allow_other_weights=True) if the difference is intended.")
     return root, looked
-
-
-def _need(root: Path | None, looked: list[str], what: str, sub: str) -> Path:
-    if root is not None and (root / sub).is_dir():
-        return root / sub
-    where = "; ".join(looked + ([str(root / sub)] if root is not None else [])) or "nowhere (no --pipeline given and the bundle has no on-disk source)"
-    raise DeltaDiTError(
-        f"{what} | not found. Looked in: {where}. Expected: --pipeline DIR, a diffusers pipeline folder (or a hub id "
-        f"already in the local cache) with {sub}/ in it; the bundle holds only the transformer."
-    )
-
-
-class TextConditioner:
-    """PixArt-α prompt encoding with the pipeline's tokenizer and T5 encoder. Thread-safe: encoding is
-    serialised (a fast tokenizer must not be used by two threads at once)."""
-
-    def __init__(self, root: Path | None, looked: list[str], text_len: int):
-        from transformers import AutoTokenizer, T5EncoderModel
-
-        self.tokenizer = AutoTokenizer.from_pretrained(_need(root, looked, "tokenizer", "tokenizer"))
-        self.encoder = T5EncoderModel.from_pretrained(_need(root, looked, "text encoder", "text_encoder")).eval()
-        self.text_len = text_len
-        self._uncond = None
-        self._lock = threading.Lock()
-
-    def encode(self, text: str) -> dict:
-        import torch
-
-        tokens = self.tokenizer([text.lower().strip()], padding="max_length", max_length=self.text_len,
-                                truncation=True, add_special_tokens=True, return_tensors="pt")
-        with torch.no_grad():
-            embeds = self.encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
-        return {"encoder_hidden_states": embeds.float(), "encoder_attention_mask": tokens.attention_mask}
-
-    def __call__(self, prompt: str) -> tuple[dict, dict]:
-        with self._lock:
-            if self._uncond is None:  # the negative prompt "" is the same for every call
-                self._uncond = self.encode("")
-            return self.encode(prompt), self._uncond
-
-
-class ClassConditioner:
-    """DiT class labels; the unconditional label is the extra 'null' class."""
-
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
-
-    def __call__(self, label: int) -> tuple[dict, dict]:
-        import torch
-
-        label = validate.integer("--class", label, 0, self.num_classes - 1)
-        return {"class_labels": torch.tensor([int(label)])}, {"class_labels": torch.tensor([self.num_classes])}
-
-
-class VaeDecoder:
-    def __init__(self, root: Path | None, looked: list[str]):
-        from diffusers import AutoencoderKL
-
-        self.vae = AutoencoderKL.from_pretrained(_need(root, looked, "VAE", "vae")).eval()
-
-    def __call__(self, latents) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()[0]
-
-
-class PixelDecoder:
-    """Pixel-space models (no VAE): the latents are the image in [-1, 1]."""
-
-    def __call__(self, latents) -> np.ndarray:
-        return (latents / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()[0]
 
 
 MAX_PROMPT_CHARS = 10_000
@@ -220,7 +136,7 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
 
 
 def _condition_key(spec, prompt, class_label):
-    if spec.cond_input == "encoder_hidden_states":
+    if spec.prompted:
         if prompt is None or class_label is not None:
             raise DeltaDiTError(f"generate | a {spec.arch} bundle is conditioned on text. Expected: --prompt TEXT.")
         if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
@@ -241,9 +157,8 @@ def load_components(bundle, pipeline=None, allow_other_weights: bool = False, co
         return bundle_components_root(bundle, pipeline, allow_other_weights)
 
     def load_conditioner():
-        if spec.cond_input == "encoder_hidden_states":
-            return TextConditioner(*root(), m.export.text_len)
-        return ClassConditioner(bundle.config["num_embeds_ada_norm"])
+        where = root() if NEEDS_FOLDER.get(spec.conditioning, True) else (None, [])
+        return make_conditioner(spec.conditioning, *where, m.export.text_len, bundle.config)
 
     def load_decoder():
         return PixelDecoder() if m.model.decoder == "pixels" else VaeDecoder(*root())

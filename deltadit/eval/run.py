@@ -161,7 +161,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     from deltadit.eval.data import CLASSES, split
     from deltadit.models import get_spec
     from deltadit.runtime import load
-    from deltadit.runtime.generation import TextConditioner, components_root
+    from deltadit.runtime.conditioning import TextConditioner, components_root
 
     root, looked = components_root(preset.source)
     if root is None or not (root / "classes.json").is_file():

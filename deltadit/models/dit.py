@@ -58,6 +58,15 @@ def example_inputs(config: dict, batch: int, text_len: int, side: int, generator
     }
 
 
+def random_condition(config: dict, text_len: int, index: int, count: int, generator) -> tuple[dict, dict]:
+    """Class ``index`` of ``count`` spread over the label range (plus a seeded offset); null class for uncond."""
+    import torch
+
+    classes = config["num_embeds_ada_norm"]
+    label = (index * classes) // count + int(torch.randint(0, max(1, classes // count), (), generator=generator))
+    return {"class_labels": torch.tensor([label % classes])}, {"class_labels": torch.tensor([classes])}
+
+
 SPEC = ModelSpec(
     arch="dit",
     diffusers_class="DiTTransformer2DModel",
@@ -68,12 +77,13 @@ SPEC = ModelSpec(
     make_group=lambda transformer, start, stop: _modules().Group(transformer, start, stop),
     make_tail=lambda transformer, grid: _modules().Tail(transformer, grid),
     block_macs=block_macs,
-    cond_input="class_labels",
     guidance=guidance,
     cfg_cond_first=True,
     step_on_cfg_batch=True,
     from_forward_kwargs=from_forward_kwargs,
     example_inputs=example_inputs,
+    conditioning="class",
+    random_condition=random_condition,
     # Each DiT block carries its own timestep/class embedding and adaLN-Zero projection (norm1.emb,
     # norm1.linear): the paper's "time/adaLN embedding" layers, kept in floating point.
     int8_keep_fp=("*norm1*",),

@@ -130,6 +130,17 @@ def example_inputs(config: dict, batch: int, text_len: int, side: int, generator
     return feeds
 
 
+def random_condition(config: dict, text_len: int, index: int, count: int, generator) -> tuple[dict, dict]:
+    """Random prompt and pooled embeddings; the negative is a tenth of another draw."""
+    import torch
+
+    def draw(scale=1.0):
+        return {"encoder_hidden_states": torch.randn(1, text_len, config["joint_attention_dim"], generator=generator) * scale,
+                "pooled_projections": torch.randn(1, config["pooled_projection_dim"], generator=generator) * scale}
+
+    return draw(), draw(0.1)
+
+
 SPEC = ModelSpec(
     arch="flux",
     diffusers_class="FluxTransformer2DModel",
@@ -140,12 +151,13 @@ SPEC = ModelSpec(
     make_group=lambda transformer, start, stop: _modules().Group(transformer, start, stop),
     make_tail=lambda transformer, grid: _modules().Tail(transformer, grid),
     block_macs=block_macs,
-    cond_input="encoder_hidden_states",
     guidance=guidance,
     cfg_cond_first=False,
     step_on_cfg_batch=False,
     from_forward_kwargs=from_forward_kwargs,
     example_inputs=example_inputs,
+    conditioning="flux",
+    random_condition=random_condition,
     int8_keep_fp=("*norm1*", "*norm1_context*", "*.norm.*"),
     streams=("hidden_states", "encoder_hidden_states"),
     stages=lambda config: (Stage("dual", "transformer_blocks", config["num_layers"]),

@@ -91,6 +91,21 @@ def example_inputs(config: dict, batch: int, text_len: int, side: int, generator
     return feeds
 
 
+def random_condition(config: dict, text_len: int, index: int, count: int, generator) -> tuple[dict, dict]:
+    """Random caption embeddings with a random kept length; the negative keeps one token."""
+    import torch
+
+    keep = int(torch.randint(1, text_len + 1, (), generator=generator))
+    mask = torch.zeros(1, text_len)
+    mask[0, :keep] = 1
+    emb = torch.randn(1, text_len, config["caption_channels"], generator=generator)
+    neg = torch.zeros(1, text_len)
+    neg[0, :1] = 1
+    return ({"encoder_hidden_states": emb, "encoder_attention_mask": mask},
+            {"encoder_hidden_states": torch.randn(1, text_len, config["caption_channels"], generator=generator) * 0.1,
+             "encoder_attention_mask": neg})
+
+
 SPEC = ModelSpec(
     arch="pixart",
     diffusers_class="PixArtTransformer2DModel",
@@ -101,10 +116,11 @@ SPEC = ModelSpec(
     make_group=lambda transformer, start, stop: _modules().Group(transformer, start, stop),
     make_tail=lambda transformer, grid: _modules().Tail(transformer, grid),
     block_macs=block_macs,
-    cond_input="encoder_hidden_states",
     guidance=guidance,
     cfg_cond_first=False,
     step_on_cfg_batch=False,
     from_forward_kwargs=from_forward_kwargs,
     example_inputs=example_inputs,
+    conditioning="t5",
+    random_condition=random_condition,
 )

@@ -67,6 +67,17 @@ def example_inputs(config: dict, batch: int, text_len: int, side: int, generator
     }
 
 
+def random_condition(config: dict, text_len: int, index: int, count: int, generator) -> tuple[dict, dict]:
+    """Random prompt and pooled embeddings; the negative is a tenth of another draw."""
+    import torch
+
+    def draw(scale=1.0):
+        return {"encoder_hidden_states": torch.randn(1, text_len, config["joint_attention_dim"], generator=generator) * scale,
+                "pooled_projections": torch.randn(1, config["pooled_projection_dim"], generator=generator) * scale}
+
+    return draw(), draw(0.1)
+
+
 SPEC = ModelSpec(
     arch="sd3",
     diffusers_class="SD3Transformer2DModel",
@@ -77,12 +88,13 @@ SPEC = ModelSpec(
     make_group=lambda transformer, start, stop: _modules().Group(transformer, start, stop),
     make_tail=lambda transformer, grid: _modules().Tail(transformer, grid),
     block_macs=block_macs,
-    cond_input="encoder_hidden_states",
     guidance=guidance,
     cfg_cond_first=False,
     step_on_cfg_batch=False,
     from_forward_kwargs=from_forward_kwargs,
     example_inputs=example_inputs,
+    conditioning="sd3",
+    random_condition=random_condition,
     # The adaLN modulation linears (timestep + pooled text -> shift/scale/gate) stay in floating point.
     int8_keep_fp=("*norm1*", "*norm1_context*"),
     streams=("hidden_states", "encoder_hidden_states"),

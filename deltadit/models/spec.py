@@ -49,7 +49,11 @@ class ModelSpec:
     tail_context: head outputs the tail takes after ``hidden_states``.
     make_head / make_group / make_tail: build segment modules that share the transformer's weights.
     block_macs(config, text_len): linear-layer MACs of one block for one sample (paper's convention).
-    cond_input: name of the conditioning input ("encoder_hidden_states" or "class_labels").
+    conditioning: what turns a prompt or class into head inputs, a key of the runtime's conditioner
+        table (deltadit.runtime.conditioning): "t5" (PixArt), "class" (DiT), "sd3" (CLIP-L + CLIP-G + T5),
+        "flux" (CLIP-L pooled + T5). "class" models take --class, the others --prompt.
+    random_condition(config, text_len, index, count, generator): seeded stand-in (cond, uncond) of the
+        right shapes for calibration without a text encoder and for timing (dummy conditioning).
     guidance: combines the CFG batch's prediction into the model output the scheduler steps with.
     cfg_cond_first: the CFG batch is [cond, uncond] (DiT) rather than [uncond, cond] (PixArt).
     step_on_cfg_batch: the scheduler steps the doubled latents (DiTPipeline) instead of one copy.
@@ -89,12 +93,13 @@ class ModelSpec:
     make_group: Callable[[Any, int, int], Any]
     make_tail: Callable[[Any, tuple[int, int]], Any]
     block_macs: Callable[[dict, int], int]
-    cond_input: str
     guidance: Callable[..., Any]
     cfg_cond_first: bool
     step_on_cfg_batch: bool
     from_forward_kwargs: Callable[..., dict]
     example_inputs: Callable[..., dict]
+    conditioning: str
+    random_condition: Callable[..., tuple]
     int8_keep_fp: tuple[str, ...] = ()
     streams: tuple[str, ...] = ("hidden_states",)
     stream_ends: Callable[[dict], dict] = lambda config: {}
@@ -108,6 +113,11 @@ class ModelSpec:
     set_timesteps: Callable[..., None] = lambda scheduler, steps, config, side: scheduler.set_timesteps(steps)
     timestep_divisor: float = 1.0
     sampling_inputs: Callable[..., dict] = lambda config, side, text_len, guidance_scale, batch: {}
+
+    @property
+    def prompted(self) -> bool:
+        """Conditioned on a text prompt (else on a class label)."""
+        return self.conditioning != "class"
 
     def num_blocks(self, config: dict) -> int:
         return sum(st.count for st in self.stages(config))

@@ -13,7 +13,7 @@ from deltadit.errors import DeltaDiTError
 from deltadit.export.pipeline import export_bundle
 from deltadit.plan import build_plan
 from deltadit.runtime import DeltaDiTTransformer, make_scheduler
-from deltadit.runtime.generation import VaeDecoder
+from deltadit.runtime.conditioning import VaeDecoder
 from tests.conftest import (SCHEDULER_CONFIG, build_dit, build_pixart, build_text_encoder, build_tokenizer, build_vae,
                             save_pipeline_folder)
 from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset

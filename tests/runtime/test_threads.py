@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from deltadit import runtime
 from deltadit.export.pipeline import export_bundle
 from deltadit.plan import build_plan
-from deltadit.runtime import generation
+from deltadit.runtime import conditioning
 from tests.conftest import build_pixart, save_pipeline_folder
 from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
 
@@ -38,8 +38,8 @@ def run(bundle, folder, job):
 def test_concurrent_generations_equal_single_threaded_bit_for_bit(exported, monkeypatch):
     path, folder = exported
     loads = []
-    real_init = generation.TextConditioner.__init__
-    monkeypatch.setattr(generation.TextConditioner, "__init__", lambda self, *a: loads.append(1) or real_init(self, *a))
+    real_init = conditioning.TextConditioner.__init__
+    monkeypatch.setattr(conditioning.TextConditioner, "__init__", lambda self, *a: loads.append(1) or real_init(self, *a))
 
     shared = runtime.load(path)  # fresh: the first calls race to create sessions and load the encoder
     with ThreadPoolExecutor(THREADS) as pool:
