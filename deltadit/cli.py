@@ -126,10 +126,8 @@ def format_plan(preset, plan, costs) -> str:
 
 def cmd_plan(args) -> int:
     from deltadit.costs import plan_costs
-    from deltadit.models.spec import get_spec
 
     preset, plan = plan_from_args(args)
-    spec = get_spec(preset.arch)
     costs = plan_costs(plan, preset.block_macs(), preset.cfg_batch)
     if args.json:
         out = {"preset": preset.name, "plan": plan.to_dict(),

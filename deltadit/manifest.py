@@ -8,18 +8,17 @@ owned by their segment); :func:`deltadit.bundle.read_bundle` checks them against
 
 from __future__ import annotations
 
-import math
-import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from deltadit.errors import DeltaDiTError
+from deltadit.jsonfields import Fields, bad, check_relative_path, kind
 from deltadit.plan import DeltaPlan
 from deltadit.validate import (MAX_BATCH, MAX_BLOCKS, MAX_GUIDANCE, MAX_LATENT_SIDE, MAX_RESOLUTION, MAX_STEPS,
                                MAX_TEXT_LEN, MAX_TRAIN_TIMESTEPS)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: carried streams, stage cuts, unbatched tensors, the driver section
 SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
@@ -27,94 +26,6 @@ KINDS = ("head", "group", "tail")
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_DIM = 1 << 20  # any one tensor axis
 MAX_CHANNELS = 4096  # latent channels, caption channels ...
-
-
-class _Fields:
-    """Typed access to one JSON object, naming the field (``segments[2].files[0].path``) on error."""
-
-    def __init__(self, data: Any, where: str):
-        if not isinstance(data, dict):
-            _bad(where, f"is {_kind(data)}", "an object")
-        self.data, self.where = data, where
-
-    def _get(self, key: str, optional: bool):
-        if key not in self.data:
-            if optional:
-                return None
-            _bad(self._at(key), "is missing", "the field deltadit-export writes")
-        return self.data[key]
-
-    def _at(self, key) -> str:
-        return f"{self.where}.{key}" if self.where else str(key)
-
-    def str(self, key: str, choices=None, optional: bool = False, pattern: re.Pattern | None = None) -> str | None:
-        v = self._get(key, optional)
-        if v is None and optional:
-            return None
-        if not isinstance(v, str):
-            _bad(self._at(key), f"is {_kind(v)}", "a string")
-        if choices is not None and v not in choices:
-            _bad(self._at(key), f"is {v!r}", "one of " + ", ".join(choices))
-        if pattern is not None and not pattern.match(v):
-            _bad(self._at(key), f"is {v!r}", f"a value matching {pattern.pattern}")
-        return v
-
-    def int(self, key: str, lo: int, hi: int, optional: bool = False) -> int | None:
-        v = self._get(key, optional)
-        if v is None and optional:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            _bad(self._at(key), f"is {_kind(v)}", f"an integer in [{lo}, {hi}]")
-        if not lo <= v <= hi:
-            _bad(self._at(key), f"is {v}", f"an integer in [{lo}, {hi}]")
-        return v
-
-    def float(self, key: str, lo: float, hi: float, optional: bool = False) -> float | None:
-        v = self._get(key, optional)
-        if v is None and optional:
-            return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            _bad(self._at(key), f"is {v!r}", f"a finite number in [{lo}, {hi}]")
-        return float(v)
-
-    def bool(self, key: str) -> bool:
-        v = self._get(key, False)
-        if not isinstance(v, bool):
-            _bad(self._at(key), f"is {_kind(v)}", "true or false")
-        return v
-
-    def obj(self, key: str, optional: bool = False) -> "_Fields | None":
-        v = self._get(key, optional)
-        if v is None and optional:
-            return None
-        return _Fields(v, self._at(key))
-
-    def list(self, key: str, max_len: int) -> list:
-        v = self._get(key, False)
-        if not isinstance(v, list):
-            _bad(self._at(key), f"is {_kind(v)}", "a list")
-        if len(v) > max_len:
-            _bad(self._at(key), f"has {len(v)} entries", f"at most {max_len}")
-        return v
-
-
-def _kind(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), f"{type(v).__name__} {v!r}")
-
-
-def _bad(field_name: str, problem: str, expected: str):
-    raise DeltaDiTError(f"manifest field {field_name} | {problem}. Expected: {expected} (a manifest written by "
-                        "deltadit-export; re-export the bundle).")
-
-
-def check_relative_path(path: str, where: str) -> str:
-    """A bundle-relative path: POSIX, relative, normalised, no '..', no empty or hidden parts."""
-    parts = path.split("/")
-    if (not path or path.startswith("/") or "\\" in path or "\0" in path or posixpath.normpath(path) != path
-            or any(p in ("", ".", "..") for p in parts) or re.match(r"^[A-Za-z]:", path)):
-        _bad(where, f"is {path!r}", "a relative path inside the bundle (no '..', no absolute path)")
-    return path
 
 
 @dataclass(frozen=True)
@@ -189,6 +100,31 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class Driver:
+    """How to drive the model (``ModelSpec.driver``): carried streams, conditioning kind, tensors without
+    a batch axis, CFG batch order, whether the scheduler steps the doubled batch, embedded guidance,
+    learned-sigma channels, timestep divisor, initial noise shape and latent layout."""
+
+    streams: tuple[str, ...]
+    conditioning: str
+    unbatched: tuple[str, ...]
+    cfg_order: str
+    step_on_cfg_batch: bool
+    embedded_guidance: bool
+    learned_sigma: bool
+    timestep_divisor: float
+    noise_shape: tuple[int, ...]
+    latent_layout: str
+
+    def to_dict(self) -> dict:
+        return {"streams": list(self.streams), "conditioning": self.conditioning, "unbatched": list(self.unbatched),
+                "cfg_order": self.cfg_order, "step_on_cfg_batch": self.step_on_cfg_batch,
+                "embedded_guidance": self.embedded_guidance, "learned_sigma": self.learned_sigma,
+                "timestep_divisor": self.timestep_divisor, "noise_shape": list(self.noise_shape),
+                "latent_layout": self.latent_layout}
+
+
+@dataclass(frozen=True)
 class Engines:
     built: bool
     files: dict  # segment name -> FileEntry (engines built at export time)
@@ -202,6 +138,7 @@ class Manifest:
     precision: str
     export: ExportInfo
     sampling: Sampling
+    driver: Driver
     plan: DeltaPlan
     segments: tuple[SegmentEntry, ...]
     engines: Engines
@@ -224,10 +161,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Any) -> "Manifest":
         """Parse and validate a manifest (the JSON object of manifest.json)."""
-        return _parse(_Fields(data, ""))
+        return _parse(Fields(data, ""))
 
 
-def _parse(m: _Fields) -> Manifest:
+def _parse(m: Fields) -> Manifest:
     version = m.data.get("format_version")
     if version != FORMAT_VERSION:
         newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
@@ -238,36 +175,45 @@ def _parse(m: _Fields) -> Manifest:
     export = _export(m.obj("export"))
     sampling = _sampling(m.obj("sampling"))
     plan = _plan(m.data.get("plan"))
-    from deltadit.models.spec import get_spec
-
-    spec = get_spec(model.arch)
-    try:
-        blocks, cuts = spec.num_blocks(model.config), spec.stage_cuts(model.config)
-    except (KeyError, TypeError) as e:
-        _bad("model.config", f"lacks what the {model.arch} blocks need ({type(e).__name__}: {e})", "the model's diffusers config")
-    if plan.num_blocks != blocks:
-        _bad("plan.num_blocks", f"is {plan.num_blocks} but the {model.arch} model has {blocks} blocks",
-             "a plan built for the model's blocks")
-    if not set(cuts) <= set(plan.cut_points):
-        _bad("plan.cuts", f"are {list(plan.cuts)}", f"the model's stage boundaries {list(cuts)} among the cut points")
-    if sampling.steps != plan.num_steps:
-        _bad("sampling.steps", f"is {sampling.steps} but the plan has {plan.num_steps} steps", "equal step counts")
-    segments = tuple(_segment(_Fields(s, f"segments[{i}]")) for i, s in enumerate(m.list("segments", MAX_BLOCKS + 2)))
+    driver = _driver(m.obj("driver"))
+    _check_against_spec(model, export, sampling, driver, plan)
+    segments = tuple(_segment(Fields(s, f"segments[{i}]")) for i, s in enumerate(m.list("segments", MAX_BLOCKS + 2)))
     _check_segments(segments, plan)
     engines = _engines(m.obj("engines", optional=True), {s.name for s in segments})
     versions = m.data.get("versions", {})
     int8 = m.data.get("int8")
     if not isinstance(versions, dict) or (int8 is not None and not isinstance(int8, dict)):
-        _bad("versions / int8", "are not objects", "objects")
+        bad("versions / int8", "are not objects", "objects")
     bits = None
     if int8 is not None:
-        options = _Fields(int8, "int8").obj("options", optional=True)
+        options = Fields(int8, "int8").obj("options", optional=True)
         bits = (options.int("weight_bits", 7, 8, optional=True) if options is not None else None) or 8
-    return Manifest(version, model, m.str("precision", PRECISIONS), export, sampling, plan, segments, engines,
+    return Manifest(version, model, m.str("precision", PRECISIONS), export, sampling, driver, plan, segments, engines,
                     versions, int8, bits)
 
 
-def _model(f: _Fields) -> ModelInfo:
+def _check_against_spec(model: ModelInfo, export: ExportInfo, sampling: Sampling, driver: Driver, plan: DeltaPlan):
+    """The plan and driver must be what this deltadit's spec of the model says (blocks, stage cuts, steps)."""
+    from deltadit.models.spec import get_spec
+
+    spec = get_spec(model.arch)
+    try:
+        blocks, cuts = spec.num_blocks(model.config), spec.stage_cuts(model.config)
+        expected = spec.driver(model.config, export.latent_side)
+    except (KeyError, TypeError) as e:
+        bad("model.config", f"lacks what the {model.arch} blocks need ({type(e).__name__}: {e})", "the model's diffusers config")
+    if plan.num_blocks != blocks:
+        bad("plan.num_blocks", f"is {plan.num_blocks} but the {model.arch} model has {blocks} blocks",
+             "a plan built for the model's blocks")
+    if not set(cuts) <= set(plan.cut_points):
+        bad("plan.cuts", f"are {list(plan.cuts)}", f"the model's stage boundaries {list(cuts)} among the cut points")
+    if sampling.steps != plan.num_steps:
+        bad("sampling.steps", f"is {sampling.steps} but the plan has {plan.num_steps} steps", "equal step counts")
+    if driver.to_dict() != expected:
+        bad("driver", f"is {driver.to_dict()}", f"what this deltadit's {model.arch} spec says: {expected}")
+
+
+def _model(f: Fields) -> ModelInfo:
     from deltadit.models.spec import known_archs
 
     cfg = f.obj("config")
@@ -283,7 +229,7 @@ def _model(f: _Fields) -> ModelInfo:
     random_init = f.bool("random_init")
     if not random_init and f.data.get("weights_sha256") is None:
         # Without it a --pipeline with other weights could not be recognised: the check is not optional.
-        _bad(f"{f.where}.weights_sha256", "is missing for a bundle of real weights", "the source weights' sha256")
+        bad(f"{f.where}.weights_sha256", "is missing for a bundle of real weights", "the source weights' sha256")
     return ModelInfo(
         preset=f.str("preset"), arch=f.str("arch", known_archs()), diffusers_class=f.str("diffusers_class"),
         source=f.str("source", optional=True), random_init=random_init,
@@ -292,7 +238,7 @@ def _model(f: _Fields) -> ModelInfo:
     )
 
 
-def _export(f: _Fields) -> ExportInfo:
+def _export(f: Fields) -> ExportInfo:
     opt = f.int("opt_batch", 1, MAX_BATCH)
     return ExportInfo(
         opset=f.int("opset", 7, 30), opt_batch=opt, max_batch=f.int("max_batch", opt, MAX_BATCH),
@@ -302,7 +248,7 @@ def _export(f: _Fields) -> ExportInfo:
     )
 
 
-def _sampling(f: _Fields) -> Sampling:
+def _sampling(f: Fields) -> Sampling:
     from deltadit.schedulers import SCHEDULER_NAMES
 
     cfg = f.obj("scheduler_config")
@@ -313,22 +259,37 @@ def _sampling(f: _Fields) -> Sampling:
                     guidance_scale=f.float("guidance_scale", 0, MAX_GUIDANCE), steps=f.int("steps", 1, MAX_STEPS))
 
 
+def _driver(f: Fields) -> Driver:
+    def names(key):
+        v = f.list(key, 64)
+        if not all(isinstance(x, str) and SEGMENT_NAME.match(x) for x in v):
+            bad(f"driver.{key}", f"is {v!r:.80}", "a list of tensor names")
+        return tuple(v)
+
+    shape = f.list("noise_shape", 4)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in shape):
+        bad("driver.noise_shape", f"is {shape!r:.80}", "positive integers")
+    return Driver(names("streams"), f.str("conditioning"), names("unbatched"), f.str("cfg_order", ("uncond_first", "cond_first")),
+                  f.bool("step_on_cfg_batch"), f.bool("embedded_guidance"), f.bool("learned_sigma"),
+                  f.float("timestep_divisor", 1e-6, 1e6), tuple(shape), f.str("latent_layout", ("nchw", "packed-2x2")))
+
+
 def _plan(data) -> DeltaPlan:
     if not isinstance(data, dict):
-        _bad("plan", f"is {_kind(data)}", "an object")
+        bad("plan", f"is {kind(data)}", "an object")
     for key in ("num_steps", "num_blocks"):
         v = data.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= (MAX_STEPS if key == "num_steps" else MAX_BLOCKS):
-            _bad(f"plan.{key}", f"is {v!r}", f"an integer in [1, {MAX_STEPS if key == 'num_steps' else MAX_BLOCKS}]")
+            bad(f"plan.{key}", f"is {v!r}", f"an integer in [1, {MAX_STEPS if key == 'num_steps' else MAX_BLOCKS}]")
     try:
         return DeltaPlan.from_dict(data)
     except DeltaDiTError as e:
         raise DeltaDiTError(f"manifest field plan | {e}") from None
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        _bad("plan", f"is malformed ({type(e).__name__}: {e})", "a plan written by deltadit")
+        bad("plan", f"is malformed ({type(e).__name__}: {e})", "a plan written by deltadit")
 
 
-def _tensor(f: _Fields) -> TensorDesc:
+def _tensor(f: Fields) -> TensorDesc:
     raw = f.list("shape", 8)
     shape = []
     for i, d in enumerate(raw):
@@ -337,47 +298,47 @@ def _tensor(f: _Fields) -> TensorDesc:
         elif isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM:
             shape.append(d)
         else:
-            _bad(f"{f.where}.shape[{i}]", f"is {d!r}", f"'batch' on axis 0, else an integer in [1, {MAX_DIM}]")
+            bad(f"{f.where}.shape[{i}]", f"is {d!r}", f"'batch' on axis 0, else an integer in [1, {MAX_DIM}]")
     return TensorDesc(f.str("name", pattern=SEGMENT_NAME), tuple(shape), f.str("dtype", DTYPES),
                       f.str("onnx_name", optional=True))
 
 
-def _segment(f: _Fields) -> SegmentEntry:
+def _segment(f: Fields) -> SegmentEntry:
     name = f.str("name", pattern=SEGMENT_NAME)
     kind = f.str("kind", KINDS)
     br = f.data.get("block_range")
     if kind == "group":
         if (not isinstance(br, list) or len(br) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in br)
                 or not 0 <= br[0] < br[1] <= MAX_BLOCKS):
-            _bad(f"{f.where}.block_range", f"is {br!r}", "[start, stop) with 0 <= start < stop")
+            bad(f"{f.where}.block_range", f"is {br!r}", "[start, stop) with 0 <= start < stop")
         block_range = (br[0], br[1])
     elif br is not None:
-        _bad(f"{f.where}.block_range", f"is {br!r} on a {kind}", "null for the head and tail")
+        bad(f"{f.where}.block_range", f"is {br!r} on a {kind}", "null for the head and tail")
     else:
         block_range = None
     files = []
     for i, raw in enumerate(f.list("files", 8)):
-        ff = _Fields(raw, f"{f.where}.files[{i}]")
+        ff = Fields(raw, f"{f.where}.files[{i}]")
         path = check_relative_path(ff.str("path"), f"{ff.where}.path")
         # A segment owns only files named after it: entries cannot be swapped between segments.
         if not path.startswith(f"onnx/{name}."):
-            _bad(f"{ff.where}.path", f"is {path!r}, which is not a file of segment {name}",
+            bad(f"{ff.where}.path", f"is {path!r}, which is not a file of segment {name}",
                  f"onnx/{name}.onnx and its companions")
         files.append(FileEntry(path, ff.str("sha256", pattern=SHA256)))
     if not files or files[0].path != f"onnx/{name}.onnx":
-        _bad(f"{f.where}.files", "does not start with the segment's graph", f"onnx/{name}.onnx first")
+        bad(f"{f.where}.files", "does not start with the segment's graph", f"onnx/{name}.onnx first")
     ort = f.obj("ort_graph", optional=True)
     ort_path = None
     if ort is not None:
         ort_path = check_relative_path(ort.str("path"), f"{ort.where}.path")
         if ort_path not in {x.path for x in files}:
-            _bad(f"{ort.where}.path", f"is {ort_path!r}, which is not among the segment's hashed files",
+            bad(f"{ort.where}.path", f"is {ort_path!r}, which is not among the segment's hashed files",
                  "one of the segment's files")
     check = f.data.get("check", {})
     return SegmentEntry(
         name=name, kind=kind, block_range=block_range, precision=f.str("precision", PRECISIONS, optional=True) or "fp32",
-        inputs=tuple(_tensor(_Fields(t, f"{f.where}.inputs[{i}]")) for i, t in enumerate(f.list("inputs", 32))),
-        outputs=tuple(_tensor(_Fields(t, f"{f.where}.outputs[{i}]")) for i, t in enumerate(f.list("outputs", 32))),
+        inputs=tuple(_tensor(Fields(t, f"{f.where}.inputs[{i}]")) for i, t in enumerate(f.list("inputs", 32))),
+        outputs=tuple(_tensor(Fields(t, f"{f.where}.outputs[{i}]")) for i, t in enumerate(f.list("outputs", 32))),
         files=tuple(files), ort_graph=ort_path,
         fused_attention=ort.int("fused_attention", 0, 1 << 16) if ort is not None else 0,
         check=check if isinstance(check, dict) else {},
@@ -387,34 +348,34 @@ def _segment(f: _Fields) -> SegmentEntry:
 def _check_segments(segments: tuple[SegmentEntry, ...], plan: DeltaPlan) -> None:
     names = [s.name for s in segments]
     if len(set(names)) != len(names):
-        _bad("segments", "repeat a name", "unique segment names")
+        bad("segments", "repeat a name", "unique segment names")
     paths = [f.path for s in segments for f in s.files]
     if len(set(paths)) != len(paths):
-        _bad("segments[].files", "list one file twice", "each file once")
+        bad("segments[].files", "list one file twice", "each file once")
     kinds = [s.kind for s in segments]
     if kinds.count("head") != 1 or kinds.count("tail") != 1 or kinds[0] != "head" or kinds[-1] != "tail":
-        _bad("segments", f"are {kinds}", "one head first, block groups, one tail last")
+        bad("segments", f"are {kinds}", "one head first, block groups, one tail last")
     have = [s.block_range for s in segments if s.kind == "group"]
     want = [(g.start, g.stop) for g in plan.groups]
     if have != want:
-        _bad("segments", f"cut the blocks at {have}", f"the plan's block groups {want}")
+        bad("segments", f"cut the blocks at {have}", f"the plan's block groups {want}")
 
 
-def _engines(f: _Fields | None, segment_names: set[str]) -> Engines:
+def _engines(f: Fields | None, segment_names: set[str]) -> Engines:
     if f is None:
         return Engines(False, {}, "no engines recorded")
     built = f.bool("built")
     files = {}
     raw = f.data.get("files") or {}
     if not isinstance(raw, dict):
-        _bad("engines.files", f"is {_kind(raw)}", "an object: segment -> {path, sha256}")
+        bad("engines.files", f"is {kind(raw)}", "an object: segment -> {path, sha256}")
     for name, entry in raw.items():
         if name not in segment_names:
-            _bad(f"engines.files.{name}", "names no segment of this bundle", "a segment name")
-        ff = _Fields(entry, f"engines.files.{name}")
+            bad(f"engines.files.{name}", "names no segment of this bundle", "a segment name")
+        ff = Fields(entry, f"engines.files.{name}")
         path = check_relative_path(ff.str("path"), f"{ff.where}.path")
         if not (path.startswith(f"engines/{name}-") and path.endswith(".engine") and "/" not in path[len("engines/"):]):
-            _bad(f"{ff.where}.path", f"is {path!r}", f"engines/{name}-<key>.engine")
+            bad(f"{ff.where}.path", f"is {path!r}", f"engines/{name}-<key>.engine")
         files[name] = FileEntry(path, ff.str("sha256", pattern=SHA256))
     reason = f.data.get("reason")
     return Engines(built, files, reason if isinstance(reason, str) else None)

@@ -313,6 +313,7 @@ def build_manifest(preset: Preset, plan: DeltaPlan, s, entries: list[dict], vers
                    **({"int8_tolerance": int8_tolerance} if int8 is not None else {})},
         "sampling": {"scheduler": preset.scheduler, "scheduler_config": preset.scheduler_config,
                      "guidance_scale": preset.guidance_scale, "steps": plan.num_steps},
+        "driver": s.spec.driver(s.config, side),
         "plan": plan.to_dict(),
         "segments": entries,
         "versions": vers,

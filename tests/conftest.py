@@ -121,3 +121,66 @@ FLUX_FLOW_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shiftin
 def build_flux(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return diffusers.FluxTransformer2DModel(**{**FLUX_TINY, **overrides}).eval()
+
+
+CLIP_WORDS = ("a", "red", "cat", "dog", "on", "the", "grass", "giraffe")
+
+
+def build_clip_tokenizer(words=CLIP_WORDS):
+    """A word-level tokenizer saved like CLIP's (bos 0, eos = pad 1, model_max_length 77); no downloads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=77)
+
+
+def build_clip_encoder(hidden: int = 8, projection: int | None = 6, seed: int = 0):
+    """Tiny CLIP text encoder: CLIPTextModelWithProjection (SD3) or, projection=None, CLIPTextModel (FLUX)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=len(CLIP_WORDS) + 3, hidden_size=hidden, intermediate_size=16, num_hidden_layers=2,
+                            num_attention_heads=2, projection_dim=projection or hidden, max_position_embeddings=77,
+                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return (CLIPTextModel(config) if projection is None else CLIPTextModelWithProjection(config)).eval()
+
+
+def sd3_text_components(t5: bool = True) -> dict:
+    """StableDiffusion3Pipeline's text parts for SD3_TINY: CLIP hidden 8 + 8 <= joint_attention_dim 16,
+    pooled 6 + 6 = pooled_projection_dim 12, T5 d_model 16 (text_encoder_3 None: the T5 part is zeros)."""
+    return dict(tokenizer=build_clip_tokenizer(), text_encoder=build_clip_encoder(8, 6, seed=1),
+                tokenizer_2=build_clip_tokenizer(), text_encoder_2=build_clip_encoder(8, 6, seed=2),
+                tokenizer_3=build_tokenizer() if t5 else None, text_encoder_3=build_text_encoder(16, seed=3) if t5 else None)
+
+
+def flux_text_components() -> dict:
+    """FluxPipeline's text parts for FLUX_TINY: CLIPTextModel pooled (hidden 12 = pooled_projection_dim),
+    T5 d_model 16 = joint_attention_dim."""
+    return dict(tokenizer=build_clip_tokenizer(), text_encoder=build_clip_encoder(12, None, seed=1),
+                tokenizer_2=build_tokenizer(), text_encoder_2=build_text_encoder(16, seed=2))
+
+
+def build_shifted_vae(scaling_factor: float = 1.5305, shift_factor: float = 0.0609, seed: int = 0):
+    """build_vae with a latent shift, as SD3's (the defaults) and FLUX's (0.3611, 0.1159) VAEs have."""
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKL(
+        block_out_channels=(8,), norm_num_groups=8, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        scaling_factor=scaling_factor, shift_factor=shift_factor,
+    ).eval()
+
+
+def save_components(root, transformer, vae, components: dict):
+    """A diffusers-style pipeline folder with transformer/, vae/ and each named text part (None: left out)."""
+    transformer.save_pretrained(root / "transformer")
+    vae.save_pretrained(root / "vae")
+    for name, part in components.items():
+        if part is not None:
+            part.save_pretrained(root / name)
+    return root

@@ -28,6 +28,10 @@ class Segment:
     outputs: tuple[str, ...]
 
 
+def _identity(latents):
+    return latents
+
+
 @dataclass(frozen=True)
 class Stage:
     """A run of blocks of one kind: ``attr`` names the transformer's ModuleList (e.g.
@@ -108,7 +112,7 @@ class ModelSpec:
     token_side: Callable[[dict], int] = lambda config: config["patch_size"]
     embedded_guidance: bool = False
     noise_shape: Callable[[dict, int], tuple] = lambda config, side: (config["in_channels"], side, side)
-    pack: Callable[[Any], Any] = lambda latents: latents
+    pack: Callable[[Any], Any] = _identity
     unpack: Callable[[Any, int], Any] = lambda latents, side: latents
     set_timesteps: Callable[..., None] = lambda scheduler, steps, config, side: scheduler.set_timesteps(steps)
     timestep_divisor: float = 1.0
@@ -118,6 +122,20 @@ class ModelSpec:
     def prompted(self) -> bool:
         """Conditioned on a text prompt (else on a class label)."""
         return self.conditioning != "class"
+
+    def driver(self, config: dict, side: int) -> dict:
+        """How a runtime drives this model, as plain data for the manifest (format 2): a runtime in
+        another language (the C++ one) needs no copy of this spec table to run the bundle."""
+        learned_sigma = config.get("out_channels") is not None and config.get("in_channels") is not None and \
+            config["out_channels"] == 2 * config["in_channels"]
+        return {
+            "streams": list(self.streams), "conditioning": self.conditioning, "unbatched": list(self.unbatched),
+            "cfg_order": "cond_first" if self.cfg_cond_first else "uncond_first",
+            "step_on_cfg_batch": self.step_on_cfg_batch, "embedded_guidance": self.embedded_guidance,
+            "learned_sigma": bool(learned_sigma), "timestep_divisor": self.timestep_divisor,
+            "noise_shape": list(self.noise_shape(config, side)),
+            "latent_layout": "packed-2x2" if self.pack is not _identity else "nchw",
+        }
 
     def num_blocks(self, config: dict) -> int:
         return sum(st.count for st in self.stages(config))

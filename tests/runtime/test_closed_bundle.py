@@ -171,9 +171,16 @@ def test_bad_scheduler_config_never_writes_an_image(bundle, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_version_one_of_another_layout_is_refused_with_a_reexport_hint(bundle):
-    edit(bundle, lambda m: m.update(format_version=0))
-    with pytest.raises(DeltaDiTError, match=r"format version 0 is not supported.*re-export it"):
+def test_a_format_1_bundle_is_refused_with_a_reexport_hint(bundle):
+    edit(bundle, lambda m: m.update(format_version=1))
+    with pytest.raises(DeltaDiTError, match=r"format version 1 is not supported by this deltadit \(reads version 2\)\. "
+                                            r"Expected: re-export it with this deltadit"):
+        runtime.load(bundle)
+
+
+def test_a_driver_section_that_disagrees_with_the_spec_is_refused(bundle):
+    edit(bundle, lambda m: m["driver"].update(cfg_order="cond_first"))
+    with pytest.raises(DeltaDiTError, match=r"manifest field driver \| is .*what this deltadit's pixart spec says"):
         runtime.load(bundle)
 
 
