@@ -11,7 +11,7 @@ from pathlib import Path
 from deltadit import validate as v
 from deltadit.errors import DeltaDiTError, raise_if
 from deltadit.schedulers import SCHEDULER_NAMES
-from deltadit.sources import EMBEDDED, is_embedded, resolve_source  # noqa: F401 - re-exported for presets users
+from deltadit.sources import is_embedded
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,24 @@ def components_root(source: str | None, pipeline: str | Path | None = None) -> t
 
 
 def _need(root: Path | None, looked: list[str], what: str, sub: str) -> Path:
-    if root is not None and (root / sub).is_dir():
-        return root / sub
-    where = "; ".join(looked + ([str(root / sub)] if root is not None else [])) or "nowhere (no --pipeline given and the bundle has no on-disk source)"
+    return _need_all(root, looked, {sub: what})[sub]
+
+
+def _need_all(root: Path | None, looked: list[str], parts: dict[str, str]) -> dict[str, Path]:
+    """{subfolder: path} for every ``parts`` entry (subfolder -> what it holds), or one error naming all missing."""
+    missing = {sub: what for sub, what in parts.items() if root is None or not (root / sub).is_dir()}
+    if not missing:
+        return {sub: root / sub for sub in parts}
+    where = "; ".join(looked + ([str(root / sub) for sub in missing] if root is not None else [])) or "nowhere (no --pipeline given and the bundle has no on-disk source)"
     raise DeltaDiTError(
-        f"{what} | not found. Looked in: {where}. Expected: --pipeline DIR, a diffusers pipeline folder (or a hub id "
-        f"already in the local cache) with {sub}/ in it; the bundle holds only the transformer."
+        f"{', '.join(missing.values())} | not found. Looked in: {where}. Expected: --pipeline DIR, a diffusers pipeline "
+        f"folder (or a hub id already in the local cache) with {', '.join(sub + '/' for sub in missing)} in it; the "
+        "bundle holds only the transformer."
     )
 
 
 class TextConditioner:
-    """PixArt-α prompt encoding with the pipeline's tokenizer and T5 encoder. Thread-safe: encoding is
+    """PixArt-α / Σ prompt encoding with the pipeline's tokenizer and T5 encoder. Thread-safe: encoding is
     serialised (a fast tokenizer must not be used by two threads at once)."""
 
     def __init__(self, root: Path | None, looked: list[str], text_len: int):
@@ -81,6 +88,9 @@ class ClassConditioner:
 
 
 class VaeDecoder:
+    """Latents -> image with the pipeline's VAE, as its pipeline decodes: ``latents / scaling_factor +
+    shift_factor`` (SD3 / FLUX VAEs have a shift; PixArt / DiT have none and are decoded unchanged)."""
+
     def __init__(self, root: Path | None, looked: list[str]):
         from diffusers import AutoencoderKL
 
@@ -89,8 +99,12 @@ class VaeDecoder:
     def __call__(self, latents) -> np.ndarray:
         import torch
 
+        latents = latents / self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift:
+            latents = latents + shift
         with torch.no_grad():
-            image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            image = self.vae.decode(latents, return_dict=False)[0]
         return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()[0]
 
 
@@ -99,6 +113,109 @@ class PixelDecoder:
 
     def __call__(self, latents) -> np.ndarray:
         return (latents / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()[0]
+
+
+class PipelineTextConditioner:
+    """Prompt encoding by the model's own diffusers pipeline class (its ``encode_prompt``), built with only
+    its text parts, so the head inputs equal the pipeline's. ``encode(pipe, prompt) -> head inputs``;
+    ``negative``: also encode the negative prompt "" (once: it is the same for every call) for CFG.
+    Thread-safe: encoding is serialised (fast tokenizers must not be shared by two threads at once)."""
+
+    def __init__(self, pipe, encode, negative: bool, expect: dict[str, tuple[int, ...]], root: Path | None):
+        self.pipe, self._encode, self._lock = pipe, encode, threading.Lock()
+        probe = self.encode("")  # the negative prompt; checked here so a wrong folder fails at load
+        got = {k: tuple(probe[k].shape) for k in expect}
+        if got != expect:
+            raise DeltaDiTError(
+                f"--pipeline {root} | its text encoders give {_shapes(got)}, but the bundle's transformer takes "
+                f"{_shapes(expect)}. Expected: the pipeline folder of the model the bundle was exported from.")
+        self._uncond = probe if negative else None
+
+    def encode(self, prompt: str) -> dict:
+        import torch
+
+        with torch.no_grad():
+            return {k: v.float() for k, v in self._encode(self.pipe, prompt).items()}
+
+    def __call__(self, prompt: str) -> tuple[dict, dict | None]:
+        with self._lock:
+            return self.encode(prompt), self._uncond
+
+
+def _shapes(shapes: dict) -> str:
+    return " and ".join(f"{k} {v}" for k, v in shapes.items())
+
+
+def _load_parts(root: Path | None, looked: list[str], parts: tuple[tuple[str, str, str], ...]) -> dict:
+    """{subfolder: loaded part} for (subfolder, what it holds, transformers class) rows; from_pretrained
+    returns models in eval mode."""
+    import transformers
+
+    paths = _need_all(root, looked, {sub: what for sub, what, _ in parts})
+    return {sub: getattr(transformers, cls).from_pretrained(paths[sub]) for sub, _, cls in parts}
+
+
+def _head_shapes(config: dict, text_len: int) -> dict[str, tuple[int, ...]]:
+    return {"encoder_hidden_states": (1, text_len, config["joint_attention_dim"]),
+            "pooled_projections": (1, config["pooled_projection_dim"])}
+
+
+# (subfolder, what it holds, transformers class) as StableDiffusion3Pipeline / FluxPipeline load them.
+SD3_CLIP = (("tokenizer", "CLIP-L tokenizer", "AutoTokenizer"),
+            ("text_encoder", "CLIP-L text encoder", "CLIPTextModelWithProjection"),
+            ("tokenizer_2", "CLIP-G tokenizer", "AutoTokenizer"),
+            ("text_encoder_2", "CLIP-G text encoder", "CLIPTextModelWithProjection"))
+SD3_T5 = (("tokenizer_3", "T5 tokenizer", "AutoTokenizer"), ("text_encoder_3", "T5 text encoder", "T5EncoderModel"))
+FLUX_TEXT = (("tokenizer", "CLIP tokenizer", "AutoTokenizer"), ("text_encoder", "CLIP text encoder", "CLIPTextModel"),
+             ("tokenizer_2", "T5 tokenizer", "AutoTokenizer"), ("text_encoder_2", "T5 text encoder", "T5EncoderModel"))
+
+
+def sd3_conditioner(root, looked, text_len: int, config: dict) -> PipelineTextConditioner:
+    """StableDiffusion3Pipeline.encode_prompt: CLIP-L + CLIP-G hidden states (padded to the T5 width) then
+    T5's, pooled CLIP-L + CLIP-G; negative prompt "". text_len = CLIP's 77 + T5's max_sequence_length. A
+    folder without text_encoder_3/ runs SD3 without T5 (its part of the embeddings is zeros), as the
+    pipeline does with text_encoder_3=None."""
+    import types
+    import warnings
+
+    from diffusers import StableDiffusion3Pipeline
+
+    t5 = root is not None and (root / "text_encoder_3").is_dir()
+    parts = _load_parts(root, looked, SD3_CLIP + (SD3_T5 if t5 else ()))
+    if not t5:
+        warnings.warn(f"SD3 text encoder | {root} has no text_encoder_3/: prompts are encoded without T5 (zeros in "
+                      "its place, as StableDiffusion3Pipeline with text_encoder_3=None), which lowers image quality.",
+                      stacklevel=2)
+    pipe = StableDiffusion3Pipeline(transformer=None, vae=None, scheduler=None, **{"tokenizer_3": None,
+                                    "text_encoder_3": None, **parts})
+    if not t5:  # the pipeline sizes the zeros from its transformer's config
+        pipe.transformer = types.SimpleNamespace(config=types.SimpleNamespace(joint_attention_dim=config["joint_attention_dim"]))
+    t5_len = text_len - pipe.tokenizer_max_length
+    if t5_len < 1:
+        raise DeltaDiTError(f"bundle | caption length {text_len} leaves no T5 tokens after CLIP's "
+                            f"{pipe.tokenizer_max_length}. Expected: text_len = {pipe.tokenizer_max_length} + T5 "
+                            "max_sequence_length (re-export the bundle).")
+
+    def encode(pipe, prompt):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt, None, None, do_classifier_free_guidance=False,
+                                                  max_sequence_length=t5_len)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}  # (1, 77 + T5, D), (1, P)
+
+    return PipelineTextConditioner(pipe, encode, True, _head_shapes(config, text_len), root)
+
+
+def flux_conditioner(root, looked, text_len: int, config: dict) -> PipelineTextConditioner:
+    """FluxPipeline.encode_prompt: T5 hidden states (text_len = max_sequence_length) and CLIP's pooled
+    output. No negative prompt: FLUX's guidance is an input (txt_ids / guidance come from the runtime)."""
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline(transformer=None, vae=None, scheduler=None, **_load_parts(root, looked, FLUX_TEXT))
+
+    def encode(pipe, prompt):
+        embeds, pooled, _ = pipe.encode_prompt(prompt, None, max_sequence_length=text_len)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}  # (1, text_len, D), (1, P)
+
+    return PipelineTextConditioner(pipe, encode, False, _head_shapes(config, text_len), root)
 
 
 def text_conditioner(root, looked, text_len: int, config: dict) -> TextConditioner:
@@ -110,8 +227,8 @@ def class_conditioner(root, looked, text_len: int, config: dict) -> ClassConditi
 
 
 # spec.conditioning -> loader(root, looked, text_len, config); "class" needs no pipeline folder.
-CONDITIONERS = {"t5": text_conditioner, "class": class_conditioner}
-NEEDS_FOLDER = {"t5": True, "class": False}
+CONDITIONERS = {"t5": text_conditioner, "class": class_conditioner, "sd3": sd3_conditioner, "flux": flux_conditioner}
+NEEDS_FOLDER = {"t5": True, "class": False, "sd3": True, "flux": True}
 
 
 def make_conditioner(kind: str, root, looked, text_len: int, config: dict):
