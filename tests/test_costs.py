@@ -54,8 +54,9 @@ def test_speedup_bound_and_paths():
 torch = pytest.importorskip("torch")
 
 
-def counted_block_macs(block, *args, **kwargs):
-    """Linear MACs of one real block's forward, per sample, counted with hooks."""
+def counted_block_macs(block, *args, args_batch=None, **kwargs):
+    """Linear MACs of one real block's forward, per sample, counted with hooks (args_batch: the batch
+    when the block is called with keywords only)."""
     total = 0
 
     def hook(mod, inp, out):
@@ -67,7 +68,7 @@ def counted_block_macs(block, *args, **kwargs):
         block(*args, **kwargs)
     for h in handles:
         h.remove()
-    return total // args[0].shape[0]
+    return total // (args_batch or args[0].shape[0])
 
 
 def test_formula_matches_real_pixart_block(pixart):
@@ -91,3 +92,38 @@ def test_formula_matches_real_dit_block(dit):
     counted = counted_block_macs(dit.transformer_blocks[0], h, timestep=torch.tensor([5, 5, 5]),
                                  class_labels=torch.tensor([1, 2, 3]))
     assert counted == get_spec("dit").block_macs(cfg, 0)
+
+
+def test_formula_matches_real_sd3_blocks_including_dual_attention_and_the_last_block():
+    from tests.conftest import SD35_TINY, build_sd3
+
+    model = build_sd3(**SD35_TINY)  # blocks 0-1 dual attention, block 3 context_pre_only
+    cfg = dict(model.config)
+    h = model.pos_embed(torch.randn(2, 4, 8, 8))
+    temb = model.time_text_embed(torch.tensor([5.0, 5.0]), torch.randn(2, 12))
+    enc = torch.randn(2, 7, 16)
+    counted = [counted_block_macs(blk, hidden_states=h, encoder_hidden_states=enc, temb=temb, args_batch=2)
+               for blk in model.transformer_blocks]
+    assert tuple(counted) == get_spec("sd3").block_macs(cfg, 7) and len(set(counted)) == 3
+
+
+def test_formula_matches_real_flux_dual_and_single_blocks():
+    from tests.conftest import build_flux
+
+    model = build_flux()
+    cfg = dict(model.config)
+    ids = torch.cat([torch.zeros(6, 3), get_spec("flux").sampling_inputs(cfg, 8, 6, 3.5, 2)["img_ids"]])
+    rotary = model.pos_embed(ids)
+    h, enc, temb = torch.randn(2, 16, 16), torch.randn(2, 6, 16), torch.randn(2, 16)
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    counted = [counted_block_macs(blk, hidden_states=h, encoder_hidden_states=enc, temb=temb, image_rotary_emb=rotary,
+                                  args_batch=2) for blk in blocks]
+    assert tuple(counted) == get_spec("flux").block_macs(cfg, 6, 64)
+
+
+def test_sd3_medium_reproduces_paper_table7():
+    """Appendix B, Table 7: SD3 T = 28 -> 168.256T; Δ-DiT at 1.6x (N_c = 18 of 24, N = 2) -> 105.160T."""
+    preset = load_preset("sd3-medium")
+    costs = plan_costs(preset.plan(), preset.block_macs(), preset.cfg_batch)
+    assert costs.baseline_macs == pytest.approx(168.256e12, rel=0.005)
+    assert costs.plan_macs == pytest.approx(105.160e12, rel=0.005)
