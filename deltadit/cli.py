@@ -61,8 +61,10 @@ def _choices(options: tuple[str, ...]) -> Callable:
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     """Plan flags shared with deltadit-export; each overrides the preset's value when given."""
     steps = f"[1, {validate.MAX_STEPS}]"
-    p.add_argument("--model", default="animals", help="preset name (animals = the embedded trained model, default; pixart, "
-                                                      "pixart-1024, dit-xl, pixart-lcm) or a .toml path")
+    p.add_argument("--model", default="animals", help="a preset (animals = the embedded trained model, default; pixart, "
+                                                      "pixart-1024, pixart-sigma, pixart-lcm, dit-xl, sd3-medium, "
+                                                      "flux-dev, flux-schnell), a .toml path, a local diffusers "
+                                                      "pipeline or transformer folder, or a hub id already in the cache")
     p.add_argument("--steps", type=flag(validate.integer, "--steps", 1, validate.MAX_STEPS, parse=int),
                    help=f"denoising steps T, in {steps}")
     p.add_argument("--b", type=flag(validate.integer, "--b", 0, validate.MAX_STEPS, parse=int),

@@ -19,12 +19,12 @@ import traceback
 import warnings
 from pathlib import Path
 
-from deltadit.cli import add_plan_args, plan_from_args
+from deltadit.cli import ArgumentParser, add_plan_args, plan_from_args
 from deltadit.errors import DeltaDiTError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deltadit-export", description="Export a DiT with its Δ-DiT plan as an ONNX bundle.")
+    p = ArgumentParser(prog="deltadit-export", description="Export a DiT with its Δ-DiT plan as an ONNX bundle.")
     add_plan_args(p)
     p.add_argument("--out", help="bundle folder to write (default bundles/MODEL, bundles/MODEL-int8 with --int8)")
     p.add_argument("--weights", help="local diffusers model folder or a hub id already in the local cache (default: the preset's source)")

@@ -37,11 +37,12 @@ def _need_all(root: Path | None, looked: list[str], parts: dict[str, str]) -> di
     missing = {sub: what for sub, what in parts.items() if root is None or not (root / sub).is_dir()}
     if not missing:
         return {sub: root / sub for sub in parts}
-    where = "; ".join(looked + ([str(root / sub) for sub in missing] if root is not None else [])) or "nowhere (no --pipeline given and the bundle has no on-disk source)"
+    where = "; ".join(looked + ([str(root / sub) for sub in missing] if root is not None else []))
+    where = where or "nowhere (no --pipeline given and the bundle has no on-disk source)"
     raise DeltaDiTError(
-        f"{', '.join(missing.values())} | not found. Looked in: {where}. Expected: --pipeline DIR, a diffusers pipeline "
-        f"folder (or a hub id already in the local cache) with {', '.join(sub + '/' for sub in missing)} in it; the "
-        "bundle holds only the transformer."
+        f"{', '.join(missing.values())} | not found. Looked in: {where}. Expected: --pipeline DIR, a diffusers "
+        f"pipeline folder (or a hub id already in the local cache) with {', '.join(sub + '/' for sub in missing)} in "
+        "it; the bundle holds only the transformer."
     )
 
 
@@ -189,7 +190,8 @@ def sd3_conditioner(root, looked, text_len: int, config: dict) -> PipelineTextCo
     pipe = StableDiffusion3Pipeline(transformer=None, vae=None, scheduler=None, **{"tokenizer_3": None,
                                     "text_encoder_3": None, **parts})
     if not t5:  # the pipeline sizes the zeros from its transformer's config
-        pipe.transformer = types.SimpleNamespace(config=types.SimpleNamespace(joint_attention_dim=config["joint_attention_dim"]))
+        width = types.SimpleNamespace(joint_attention_dim=config["joint_attention_dim"])
+        pipe.transformer = types.SimpleNamespace(config=width)
     t5_len = text_len - pipe.tokenizer_max_length
     if t5_len < 1:
         raise DeltaDiTError(f"bundle | caption length {text_len} leaves no T5 tokens after CLIP's "

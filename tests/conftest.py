@@ -145,9 +145,9 @@ def build_clip_encoder(hidden: int = 8, projection: int | None = 6, seed: int = 
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=len(CLIP_WORDS) + 3, hidden_size=hidden, intermediate_size=16, num_hidden_layers=2,
-                            num_attention_heads=2, projection_dim=projection or hidden, max_position_embeddings=77,
-                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = CLIPTextConfig(vocab_size=len(CLIP_WORDS) + 3, hidden_size=hidden, intermediate_size=16,
+                            num_hidden_layers=2, num_attention_heads=2, projection_dim=projection or hidden,
+                            max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     return (CLIPTextModel(config) if projection is None else CLIPTextModelWithProjection(config)).eval()
 
 
@@ -156,7 +156,8 @@ def sd3_text_components(t5: bool = True) -> dict:
     pooled 6 + 6 = pooled_projection_dim 12, T5 d_model 16 (text_encoder_3 None: the T5 part is zeros)."""
     return dict(tokenizer=build_clip_tokenizer(), text_encoder=build_clip_encoder(8, 6, seed=1),
                 tokenizer_2=build_clip_tokenizer(), text_encoder_2=build_clip_encoder(8, 6, seed=2),
-                tokenizer_3=build_tokenizer() if t5 else None, text_encoder_3=build_text_encoder(16, seed=3) if t5 else None)
+                tokenizer_3=build_tokenizer() if t5 else None,
+                text_encoder_3=build_text_encoder(16, seed=3) if t5 else None)
 
 
 def flux_text_components() -> dict:

@@ -15,9 +15,9 @@ from deltadit.export.pipeline import export_bundle
 from deltadit.presets import Preset
 from deltadit.runtime import DeltaDiTTransformer, make_scheduler
 from deltadit.runtime.conditioning import VaeDecoder, make_conditioner
-from tests.conftest import (FLOW_CONFIG, FLUX_FLOW_CONFIG, FLUX_TINY, PIXART_TINY, SCHEDULER_CONFIG, SD3_TINY, build_flux, build_pixart,
-                            build_sd3, build_shifted_vae, build_text_encoder, build_tokenizer, build_vae,
-                            flux_text_components, save_components, save_pipeline_folder, sd3_text_components)
+from tests.conftest import (FLOW_CONFIG, FLUX_FLOW_CONFIG, FLUX_TINY, PIXART_TINY, SCHEDULER_CONFIG, SD3_TINY,
+                            build_flux, build_pixart, build_sd3, build_shifted_vae, build_text_encoder, build_tokenizer,
+                            build_vae, flux_text_components, save_components, save_pipeline_folder, sd3_text_components)
 
 STEPS, SIDE, PROMPT, SEED = 6, 8, "A red cat on the grass", 3
 SD3_T5_LEN, FLUX_T5_LEN = 8, 8  # T5 tokens: the prompts fit, nothing is truncated
@@ -155,6 +155,18 @@ def test_text_encoders_of_another_width_are_refused(tmp_path):
         make_conditioner("sd3", tmp_path / "sd3", [], 77, SD3_TINY)
 
 
+def test_pipeline_conditioner_is_thread_safe(sd3_bundle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    conditioner = make_conditioner("sd3", sd3_bundle[2], [], 77 + SD3_T5_LEN, SD3_TINY)
+    prompts = ["a cat", "a dog on the grass", "the red giraffe", PROMPT] * 4
+    alone = [conditioner(p) for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(conditioner, prompts))
+    for (c1, u1), (c2, u2) in zip(alone, together):
+        assert all(torch.equal(c1[k], c2[k]) and torch.equal(u1[k], u2[k]) for k in c1)
+
+
 def test_vae_shift_factor(tmp_path):
     """latents / scaling_factor + shift_factor, as SD3 / FLUX pipelines decode; no shift: unchanged."""
     build_shifted_vae(**FLUX_VAE).save_pretrained(tmp_path / "vae")
@@ -174,7 +186,8 @@ def pixart_sigma_bundle(tmp_path_factory):
     folder = save_pipeline_folder(root / "pipe", build_pixart(**PIXART_SIGMA_TINY))
     preset = Preset(name="tiny-sigma", description="tiny", arch="pixart", source="", transformer=PIXART_SIGMA_TINY,
                     steps=STEPS, b=3, nc=2, interval=2, variant="delta-dit", scheduler="dpm-solver++",
-                    guidance_scale=4.5, text_len=5, resolution=SIDE, vae_scale=1, scheduler_config=SCHEDULER_CONFIG).check()
+                    guidance_scale=4.5, text_len=5, resolution=SIDE, vae_scale=1,
+                    scheduler_config=SCHEDULER_CONFIG).check()
     return (*export(root, preset, folder), folder)
 
 
