@@ -9,7 +9,7 @@ the text / image position ids have no batch axis. The segment modules are in flu
 from __future__ import annotations
 
 from deltadit.errors import DeltaDiTError
-from deltadit.models.spec import ModelSpec, Stage, attention_macs, feedforward_macs
+from deltadit.models.spec import ModelSpec, Stage, attention_macs, feedforward_macs, random_joint_condition
 
 
 def _modules():
@@ -130,17 +130,6 @@ def example_inputs(config: dict, batch: int, text_len: int, side: int, generator
     return feeds
 
 
-def random_condition(config: dict, text_len: int, index: int, count: int, generator) -> tuple[dict, dict]:
-    """Random prompt and pooled embeddings; the negative is a tenth of another draw."""
-    import torch
-
-    def draw(scale=1.0):
-        return {"encoder_hidden_states": torch.randn(1, text_len, config["joint_attention_dim"], generator=generator) * scale,
-                "pooled_projections": torch.randn(1, config["pooled_projection_dim"], generator=generator) * scale}
-
-    return draw(), draw(0.1)
-
-
 SPEC = ModelSpec(
     arch="flux",
     diffusers_class="FluxTransformer2DModel",
@@ -157,7 +146,7 @@ SPEC = ModelSpec(
     from_forward_kwargs=from_forward_kwargs,
     example_inputs=example_inputs,
     conditioning="flux",
-    random_condition=random_condition,
+    random_condition=random_joint_condition,
     int8_keep_fp=("*norm1*", "*norm1_context*", "*.norm.*"),
     streams=("hidden_states", "encoder_hidden_states"),
     stages=lambda config: (Stage("dual", "transformer_blocks", config["num_layers"]),

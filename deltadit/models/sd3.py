@@ -9,7 +9,7 @@ The segment modules are in sd3_modules.py (torch is imported only when a model i
 from __future__ import annotations
 
 from deltadit.errors import DeltaDiTError
-from deltadit.models.spec import ModelSpec, attention_macs, feedforward_macs, tokens
+from deltadit.models.spec import ModelSpec, attention_macs, feedforward_macs, random_joint_condition, tokens
 
 
 def _modules():
@@ -67,17 +67,6 @@ def example_inputs(config: dict, batch: int, text_len: int, side: int, generator
     }
 
 
-def random_condition(config: dict, text_len: int, index: int, count: int, generator) -> tuple[dict, dict]:
-    """Random prompt and pooled embeddings; the negative is a tenth of another draw."""
-    import torch
-
-    def draw(scale=1.0):
-        return {"encoder_hidden_states": torch.randn(1, text_len, config["joint_attention_dim"], generator=generator) * scale,
-                "pooled_projections": torch.randn(1, config["pooled_projection_dim"], generator=generator) * scale}
-
-    return draw(), draw(0.1)
-
-
 SPEC = ModelSpec(
     arch="sd3",
     diffusers_class="SD3Transformer2DModel",
@@ -94,7 +83,7 @@ SPEC = ModelSpec(
     from_forward_kwargs=from_forward_kwargs,
     example_inputs=example_inputs,
     conditioning="sd3",
-    random_condition=random_condition,
+    random_condition=random_joint_condition,
     # The adaLN modulation linears (timestep + pooled text -> shift/scale/gate) stay in floating point.
     int8_keep_fp=("*norm1*", "*norm1_context*"),
     streams=("hidden_states", "encoder_hidden_states"),

@@ -181,6 +181,18 @@ def feedforward_macs(n_tokens: int, dim: int, activation: str, mult: int = 4) ->
     return n_tokens * dim * first + n_tokens * inner * dim
 
 
+def random_joint_condition(config: dict, text_len: int, index: int, count: int, generator) -> tuple[dict, dict]:
+    """Dummy conditioning of the SD3 / FLUX kind: random prompt and pooled embeddings; the negative is
+    a tenth of another draw."""
+    import torch
+
+    def draw(scale=1.0):
+        return {"encoder_hidden_states": torch.randn(1, text_len, config["joint_attention_dim"], generator=generator) * scale,
+                "pooled_projections": torch.randn(1, config["pooled_projection_dim"], generator=generator) * scale}
+
+    return draw(), draw(0.1)
+
+
 def _registry() -> dict[str, ModelSpec]:
     from deltadit.models import dit, flux, pixart, sd3
 
