@@ -62,7 +62,7 @@ def local_folder(source: str) -> Path | None:
 
 
 def weights_fingerprint(source: str | None) -> str | None:
-    """sha256 over the weight and config files of a local source folder's transformer and text encoder
+    """sha256 over the weight and config files of a local source folder's transformer and text encoders
     (the parts a bundle and its prompt encoding come from), or None for sources with no such files on
     disk (random init, a hub id not in the local cache). Recorded in the manifest so that a bundle exported from other weights
     than the folder now holds is recognised (eval reuse, generate's text encoder)."""
@@ -73,7 +73,9 @@ def weights_fingerprint(source: str | None) -> str | None:
     root = local_folder(source)
     if root is None:
         return None
-    parts = [root / "transformer", root / "text_encoder"] if (root / "transformer").is_dir() else [root]
+    # The transformer and every text encoder (SD3: CLIP-L, CLIP-G, T5; FLUX: CLIP-L, T5).
+    encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    parts = [root / "transformer", *(root / e for e in encoders)] if (root / "transformer").is_dir() else [root]
     files = sorted(f for d in parts if d.is_dir() for f in d.iterdir()
                    if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
     if not files:

@@ -107,7 +107,7 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     sampling = manifest.sampling
     scale = sampling.guidance_scale if guidance_scale is None else validate.real(
         "--guidance-scale", guidance_scale, 0, validate.MAX_GUIDANCE)
-    if scale > 1 and manifest.export.opt_batch < 2:
+    if scale > 1 and manifest.export.opt_batch < 2 and not spec.embedded_guidance:
         raise DeltaDiTError(f"--guidance-scale | {scale} needs the CFG batch of 2, but the bundle was exported for batch 1. "
                             "Expected: guidance scale <= 1, or re-export with guidance.")
     seconds = {}

@@ -26,7 +26,8 @@ def check_plan_fits(plan, transformer) -> None:
     if plan.num_blocks != n:
         raise DeltaDiTError(
             f"plan | built for {plan.num_blocks} blocks, but the transformer has {n}. "
-            f"Expected: a plan with num_blocks={n} (--nc / --b chosen for this model)."
+            f"Expected: a plan with num_blocks={n}; for a weights folder of another size, --model DIR reads the "
+            "dimensions from the folder and scales the plan to its blocks (instead of --model PRESET --weights DIR)."
         )
 
 

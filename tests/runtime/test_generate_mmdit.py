@@ -52,14 +52,7 @@ def flux_bundle(tmp_path_factory):
 
 
 def generate(bundle, **kwargs):
-    """runtime.generate; xfail while generate's CFG-batch guard refuses FLUX's embedded guidance (a batch-1
-    bundle with guidance 3.5: the guard in runtime/generation.py ignores spec.embedded_guidance)."""
-    try:
-        return runtime.generate(bundle, **kwargs)
-    except DeltaDiTError as e:
-        if bundle.spec.embedded_guidance and "needs the CFG batch of 2" in str(e):
-            pytest.xfail("runtime.generate refuses FLUX's embedded guidance > 1 on a batch-1 bundle")
-        raise
+    return runtime.generate(bundle, **kwargs)
 
 
 def drop_in(transformer, plan):
