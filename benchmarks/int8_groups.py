@@ -48,6 +48,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
+    from deltadit.bundle import read_bundle
     from deltadit.export.pipeline import export_bundle, trace_inputs
     from deltadit.export.quantize import Int8Options
     from deltadit.models import split
@@ -67,7 +68,7 @@ def main() -> None:
         export_bundle(preset, plan, tmp / "q", random_init=True, progress=False, build_engines=False,
                       int8=Int8Options(count=1, min_sqnr_db=0.0))
         export_s = time.perf_counter() - tic
-        q_info = json.loads((tmp / "q" / "manifest.json").read_text())["int8"]
+        q_info = read_bundle(tmp / "q").int8
 
         from deltadit.export.load import load_transformer
 
@@ -80,10 +81,10 @@ def main() -> None:
         if args.threads:
             opts.intra_op_num_threads = args.threads
         fns = {}
-        manifests = {name: json.loads((tmp / name / "manifest.json").read_text()) for name in ("fp", "q")}
+        manifests = {name: read_bundle(tmp / name) for name in ("fp", "q")}
         for name in ("fp", "q"):
-            entry = next(e for e in manifests[name]["segments"] if e["name"] == group)
-            graphs = {"": entry["files"][0]["path"], "_mha": entry.get("ort_graph", {}).get("path")}
+            entry = manifests[name].segment(group)
+            graphs = {"": entry.graph, "_mha": entry.ort_graph}
             for suffix, rel in graphs.items():
                 if rel is None:
                     continue

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import sys
 import time
@@ -160,22 +159,22 @@ def main(argv: list[str] | None = None) -> int:
 def print_summary(args, preset, plan, int8, report, seconds: float) -> None:
     print(f"bundle: {report.bundle}" + ("  [RANDOM-INIT WEIGHTS: for speed work only]" if args.random_init else ""))
     print(f"segments exported: {', '.join(report.exported) or '-'}; reused: {', '.join(report.reused) or '-'}")
-    fused = {s["name"]: s["ort_graph"]["fused_attention"]
-             for s in json.loads((report.bundle / "manifest.json").read_text())["segments"] if s.get("ort_graph")}
+    from deltadit.bundle import read_bundle
+
+    manifest = read_bundle(report.bundle)  # the published bundle, read back as any reader would
+    fused = {s.name: s.fused_attention for s in manifest.segments if s.ort_graph}
     for name, outs in report.errors.items():
         worst = max(outs.values(), key=lambda e: e["rel"])
         size = sum(f.stat().st_size for f in (report.bundle / "onnx").glob(f"{name}.onnx*"))
         print(f"  {name:<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {worst['rel']:.1e}"
               + (f"   ONNX Runtime graph: {fused[name]} attention(s) fused" if name in fused else ""))
     from deltadit.costs import format_macs, plan_costs
-    from deltadit.models import get_spec
 
-    spec = get_spec(preset.arch)
-    costs = plan_costs(plan, spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution), preset.cfg_batch)
+    costs = plan_costs(plan, preset.block_macs(), preset.cfg_batch)
     print(f"plan: {plan.variant}, {plan.num_steps} steps, b={plan.b}, N_c={plan.n_c}, N={plan.interval}; block MACs "
           f"{format_macs(costs.plan_macs)} vs {format_macs(costs.baseline_macs)} uncached (bound {costs.speedup_bound:.2f}x)")
     if int8 is not None:
-        info = json.loads((report.bundle / "manifest.json").read_text())["int8"]
+        info = manifest.int8
         print(f"int8 ({int8.calibration} calibration, {info['calibration']['generations']} generations with the plan on; "
               f"conditioning: {info['calibration']['conditioning']}):")
         for name, q in info["quality"].items():
@@ -185,8 +184,10 @@ def print_summary(args, preset, plan, int8, report, seconds: float) -> None:
                   f"ORT int8 kernels {k['int8_matmuls']}, quantized-but-FP32 MatMuls {k['fp_matmuls_with_qdq']}")
         f = info["final_latents"]
         print(f"  final latents vs FP after {f['steps']} steps: max rel err {f['max_rel_err']:.2e}, SQNR {f['sqnr_db']:.1f} dB")
+        print(f"  weights: {manifest.int8_weight_bits}-bit" + (" (this CPU's int8 kernel has no VNNI: 7-bit weights "
+                                                                "cannot saturate it)" if manifest.int8_weight_bits == 7 else ""))
     if report.engines.get("built"):
-        print(f"TensorRT engines: {', '.join(report.engines['files'].values())}")
+        print(f"TensorRT engines: {', '.join(f['path'] for f in report.engines['files'].values())}")
     else:
         print(report.engines.get("reason", ""))
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items())

@@ -371,14 +371,16 @@ def _check_graphs(work, manifest, split, traced, entries, tolerance, int8_tolera
 
 def engines(target: Output, manifest: dict, build: bool, report: ExportReport) -> None:
     """Stage 5: TensorRT engines where tensorrt imports and a GPU is visible (else the reason, stated)."""
-    from deltadit.runtime.engines import ENGINES_DIR, ensure_engines, unavailable_reason
+    from deltadit.manifest import Manifest
+    from deltadit.runtime.engines import ENGINES_DIR, build_bundle_engines, unavailable_reason
 
     reason = unavailable_reason() if build else "TensorRT engines were not built: disabled (--no-engines)."
     if reason is None:
         tic = time.perf_counter()
         target.claim(f"{ENGINES_DIR}/*")
-        paths = ensure_engines(target.work, manifest)
-        manifest["engines"] = {"built": True, "files": {k: str(v.relative_to(target.work)) for k, v in paths.items()}}
+        paths = build_bundle_engines(target.work, Manifest.from_dict(manifest))
+        manifest["engines"] = {"built": True, "files": {k: {"path": v, "sha256": sha256_file(target.work / v)}
+                                                        for k, v in paths.items()}}
         report.seconds["engines"] = time.perf_counter() - tic
     else:
         manifest["engines"] = {"built": False, "reason": reason}

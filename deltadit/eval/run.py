@@ -68,11 +68,15 @@ def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
 
     slug = row.name.split(" ")[0]
     out = root / slug
-    manifest = out / "manifest.json"
-    if manifest.is_file():  # reuse only a bundle of this plan and precision, exported from the same weights
-        m = json.loads(manifest.read_text())
-        if (m["plan"] == row.plan.to_dict() and m["precision"] == ("int8" if row.int8 else "fp32")
-                and m["model"].get("weights_sha256") == weights_fingerprint(preset.source)):
+    if (out / "manifest.json").is_file():  # reuse only a bundle of this plan and precision, from the same weights
+        from deltadit.bundle import read_bundle
+
+        try:
+            m = read_bundle(out)
+        except DeltaDiTError:  # an older format or a damaged bundle: export it again
+            m = None
+        if (m is not None and m.plan == row.plan and m.precision == ("int8" if row.int8 else "fp32")
+                and m.model.weights_sha256 == weights_fingerprint(preset.source)):
             return out
     p = preset.with_overrides(steps=row.plan.num_steps)
     export_bundle(p, row.plan, out, progress=False, build_engines=False, force=True,  # replaces a stale bundle

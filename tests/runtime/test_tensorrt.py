@@ -236,3 +236,25 @@ def test_engines_built_on_load_go_to_the_cache_not_into_the_bundle(bundle_dir, t
 def test_engine_file_names_cannot_leave_their_folder():
     with pytest.raises(DeltaDiTError, match=r"engine \| segment '\.\./\.\./x'"):
         trtx.engine_path("/cache", "../../x", "abc123")
+
+
+def test_engines_built_at_export_are_hashed_in_the_manifest_and_used_on_load(tmp_path, monkeypatch):
+    """With TensorRT (a recording stand-in here) the export builds engines into the bundle and lists each
+    with its sha256; on load the bundle's engines are used (no rebuild), a swapped one is refused."""
+    import sys
+
+    fake = FakeTRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(trtx, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(trtx, "gpu_compute_capability", lambda device=0: (9, 0))
+    export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "b", random_init=True, progress=False)
+    m = read_bundle(tmp_path / "b")
+    assert m.engines.built and set(m.engines.files) == {s.name for s in m.segments}
+    builds = sum(c == ("build",) for c in fake.calls)
+    paths = trtx.ensure_engines(tmp_path / "b", m, cache_dir=tmp_path / "cache", trt=fake)
+    assert sum(c == ("build",) for c in fake.calls) == builds  # nothing rebuilt
+    assert all(p.parent == tmp_path / "b" / "engines" for p in paths.values())
+    assert trtx.read_engine(paths["head"], m, "head") == b"ENGINE"
+    paths["head"].write_bytes(b"SWAPPED")
+    with pytest.raises(DeltaDiTError, match=r"sha256 does not match the manifest"):
+        read_bundle(tmp_path / "b")
