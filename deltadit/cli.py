@@ -142,6 +142,17 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _load_bundle(args):
+    """The bundle on the chosen backend (--providers only for ONNX Runtime)."""
+    from deltadit.runtime import load
+
+    if args.providers and args.backend != "onnxrt":
+        raise DeltaDiTError(f"--providers | applies to --backend onnxrt, not {args.backend}. Expected: drop --providers.")
+    if args.backend == "openvino":
+        return load(args.bundle, backend="openvino")
+    return load(args.bundle, args.providers.split(",") if args.providers else None)
+
+
 def cmd_check(args) -> int:
     """Verify a bundle's files, then run its first steps (one full, one cached) on seeded inputs."""
     import time
@@ -149,10 +160,9 @@ def cmd_check(args) -> int:
     import torch
 
     from deltadit.costs import path_name
-    from deltadit.runtime import load
 
     tic = time.perf_counter()
-    bundle = load(args.bundle, args.providers.split(",") if args.providers else None)
+    bundle = _load_bundle(args)
     ex = bundle.manifest.export
     print(f"bundle {args.bundle}: files and hashes OK ({time.perf_counter() - tic:.1f} s); "
           f"{bundle.manifest.model.preset}, {len(bundle.segments)} segments"
@@ -179,10 +189,9 @@ def cmd_generate(args) -> int:
     """Prompt (PixArt) or class (DiT) -> PNG, with the bundle's transformer on ONNX Runtime."""
     from deltadit.costs import format_macs, plan_costs
     from deltadit.presets import unknown_prompt_warning
-    from deltadit.runtime import load
     from deltadit.runtime.generation import generate
 
-    bundle = load(args.bundle, args.providers.split(",") if args.providers else None)
+    bundle = _load_bundle(args)
     if warning := unknown_prompt_warning(bundle.manifest.model.preset, args.prompt):
         print(warning, file=sys.stderr)
     result = generate(bundle, args.prompt, args.class_label, seed=args.seed, cache=not args.no_cache,
@@ -248,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=flag(integer, "--steps", 1, validate.MAX_STEPS, parse=int), default=2,
                    help="how many plan steps to run (default 2: one full, one cached)")
     c.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
+    c.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt",
+                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra)")
     c.set_defaults(func=cmd_check)
     g = sub.add_parser("generate", help="draw one image with a bundle (prompt for PixArt, class for DiT)")
     g.add_argument("bundle")
@@ -268,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=flag(real, "--guidance-scale", 0, validate.MAX_GUIDANCE),
                    help=f"override the bundle's guidance scale, in [0, {validate.MAX_GUIDANCE:g}] (<= 1: no guidance)")
     g.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
+    g.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt",
+                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra)")
     g.set_defaults(func=cmd_generate)
     # bench has its own parser (deltadit.bench.main): main() hands it every argument this one does not know,
     # --help included.

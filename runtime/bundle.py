@@ -19,7 +19,7 @@ from deltadit.models.spec import ModelSpec, Segment, get_spec
 from deltadit.plan import DeltaPlan, StepAction
 from deltadit.runtime.executor import DeltaDiTExecutor
 
-BACKENDS = ("onnxrt", "tensorrt")
+BACKENDS = ("onnxrt", "openvino", "tensorrt")
 
 
 @dataclass
@@ -72,8 +72,9 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
          backend: str = "onnxrt", **runner_options) -> Bundle:
     """Check and open a bundle. providers: ONNX Runtime providers, e.g. ["CUDAExecutionProvider",
     "CPUExecutionProvider"]; default CPU. io_binding: bind tensors by pointer so hidden states and
-    deltas stay on the execution provider's device (False: copy through numpy). backend: "onnxrt" or
-    "tensorrt" (engines from the bundle, or built from its ONNX into a cache on first load; runner_options
+    deltas stay on the execution provider's device (False: copy through numpy). backend: "onnxrt",
+    "openvino" (runner_options: device="CPU", precision="f32" | "bf16", threads; see
+    :class:`OpenVinoRunner`) or "tensorrt" (engines from the bundle, or built from its ONNX into a cache on first load; runner_options
     go to :class:`TensorRTRunner`, e.g. cuda_graph=True; for "onnxrt", fused_attention=False opens the
     standard graphs instead of the fused-attention variants). Every file is verified before use
     (:func:`deltadit.bundle.read_bundle`); raises DeltaDiTError naming what is wrong."""
@@ -86,6 +87,10 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
         from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
         runner = OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding, **runner_options)
+    elif backend == "openvino":
+        from deltadit.runtime.runners.openvino import OpenVinoRunner
+
+        runner = OpenVinoRunner(root, manifest, segments, **runner_options)
     else:
         from deltadit.runtime.runners.tensorrt import TensorRTRunner
 

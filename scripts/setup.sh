@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # Pin torch first: an unpinned torch pulls the CUDA build (GBs); 2.13.0 resolves to the CPU build here.
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[torch,onnx,int8,text,eval,test]"
+.venv/bin/python -m pip install -q -e ".[torch,onnx,int8,text,eval,test,openvino]"
 # animal-mnist's data files only (its metadata requires TensorFlow, which the loader here does not use).
 .venv/bin/python -m pip install -q --no-deps animal-mnist
 echo "deltadit installed in $(pwd)/.venv"

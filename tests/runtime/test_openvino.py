@@ -1,0 +1,60 @@
+"""OpenVINO runner: the bundle's ONNX segments compiled by OpenVINO run the plan like the PyTorch runtime
+(final latents within the same 1e-4 relative tolerance as ONNX Runtime), for one- and two-stream models."""
+
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnxruntime")
+
+from deltadit import runtime
+from deltadit.errors import DeltaDiTError
+from deltadit.export.load import load_transformer
+from deltadit.export.pipeline import export_bundle
+from deltadit.presets import Preset
+from deltadit.runtime import pytorch_executor
+from deltadit.runtime.sampling import from_manifest, sample
+from tests.conftest import FLOW_CONFIG, FLUX_FLOW_CONFIG, FLUX_TINY, SD3_TINY
+from tests.export.test_bundle import tiny_preset
+
+MMDIT = {"sd3": (SD3_TINY, FLOW_CONFIG, 5.0, 7), "flux": (FLUX_TINY, FLUX_FLOW_CONFIG, 3.5, 6)}
+
+
+def preset_for(arch: str) -> Preset:
+    if arch in MMDIT:
+        cfg, sched, guidance, text_len = MMDIT[arch]
+        return Preset(name=f"tiny-{arch}", description="tiny", arch=arch, source="", transformer=cfg, steps=8, b=4,
+                      nc=2, interval=2, variant="delta-dit", scheduler="flow-euler", guidance_scale=guidance,
+                      text_len=text_len, resolution=8, vae_scale=1, scheduler_config=sched).check()
+    return tiny_preset(arch)
+
+
+@pytest.mark.parametrize("arch", ["pixart", "dit", "sd3", "flux"])
+def test_openvino_runs_the_plan_like_the_pytorch_runtime(tmp_path, arch):
+    preset = preset_for(arch)
+    plan = preset.plan()
+    export_bundle(preset, plan, tmp_path / "b", random_init=True, progress=False)
+    bundle = runtime.load(tmp_path / "b", backend="openvino", cache_dir=tmp_path / "cache")
+    cond, uncond = bundle.spec.random_condition(bundle.config, preset.text_len, 1, 2, torch.Generator().manual_seed(2))
+    setup = from_manifest(bundle.manifest)
+    got = sample(bundle.executor(), bundle.spec, bundle.config, setup, cond, uncond, 5)
+    model = load_transformer(preset, None, random_init=True, seed=0)
+    ref = sample(pytorch_executor(model, plan, (bundle.manifest.export.latent_side // 2,) * 2), bundle.spec,
+                 dict(model.config), setup, cond, uncond, 5)
+    rel = float((got - ref).abs().max() / ref.abs().max())
+    assert rel <= 1e-4, rel
+    assert list((tmp_path / "cache").iterdir()), "compiled blobs go to the cache folder, not the bundle"
+    assert not list((tmp_path / "b").rglob("*.blob"))
+
+
+def test_cli_check_on_openvino_and_bad_options(tmp_path, capsys, monkeypatch):
+    from deltadit import cli
+
+    monkeypatch.setenv("DELTADIT_CACHE", str(tmp_path / "cache"))
+    export_bundle(tiny_preset("dit"), preset_for("dit").plan(), tmp_path / "b", random_init=True, progress=False)
+    assert cli.main(["check", str(tmp_path / "b"), "--backend", "openvino"]) == 0
+    assert "finite=True" in capsys.readouterr().out
+    assert cli.main(["check", str(tmp_path / "b"), "--backend", "openvino", "--providers", "CPUExecutionProvider"]) == 2
+    assert "--providers | applies to --backend onnxrt" in capsys.readouterr().err
+    with pytest.raises(DeltaDiTError, match=r"precision \| 'fp8' is unknown for OpenVINO"):
+        runtime.load(tmp_path / "b", backend="openvino", precision="fp8")
