@@ -24,6 +24,15 @@ from pathlib import Path
 from deltadit.errors import DeltaDiTError
 
 
+BUNDLE_BACKENDS = ("onnxrt", "openvino")
+SHORT = {"torch": "torch", "onnxrt": "ort", "openvino": "ov"}  # configuration-name prefixes
+
+
+def probe_kind(c) -> str:
+    """The memory probe's name for a configuration (one fresh process per kind)."""
+    return SHORT[c.backend] + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else "")
+
+
 @dataclass
 class Config:
     name: str
@@ -149,15 +158,15 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
     for c in configs:  # warm-up (sessions, allocators, autocast caches)
         for _ in range(warmup):
             time_paths(c.executor, c.feeds)
-            if c.backend == "onnxrt":
+            if c.backend in BUNDLE_BACKENDS:
                 time_segments(c.bundle, c.feeds)
     timed_segments = {}
     for c in configs:
-        if c.backend == "onnxrt":
+        if c.backend in BUNDLE_BACKENDS:
             timed_segments.setdefault(id(c.bundle), c)
     rounds = [c for _ in range(repeats) for c in configs]
     for c in track(rounds, "bench rounds", enabled=progress, unit="runs"):
-        paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend == "onnxrt" else None)
+        paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend in BUNDLE_BACKENDS else None)
         for k, v in paths.items():
             c.results["paths"].setdefault(k, []).append(v)
         for k, segs in inside.items():
@@ -186,7 +195,7 @@ def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
         r = {"backend": c.backend, "cached": c.cached, "loop_s": med(c.results["loop"]) if c.results["loop"] else None,
              "paths_s": {k: med(v) for k, v in c.results["paths"].items()},
              "macs": costs.plan_macs if c.cached else costs.baseline_macs, "bound": costs.speedup_bound if c.cached else 1.0}
-        segs = seg_medians.get(id(c.bundle)) if c.backend == "onnxrt" else None
+        segs = seg_medians.get(id(c.bundle)) if c.backend in BUNDLE_BACKENDS else None
         if segs:
             r["segments_s"] = segs
             overhead, runtime_share, in_sequence = {}, {}, {}
@@ -280,18 +289,20 @@ def peak_rss_mib(args: list[str]) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def build_configs(bundles: list[str], torch_baselines: bool, bf16_plan: bool) -> list[Config]:
-    """Configurations from bundle paths: each uncached and with its plan; PyTorch baselines from the
-    first bundle's source weights (or its recorded random-init seed)."""
+def build_configs(bundles: list[str], torch_baselines: bool, bf16_plan: bool,
+                  backends: tuple[str, ...] = ("onnxrt",)) -> list[Config]:
+    """Configurations from bundle paths: each on every backend, uncached and with its plan; PyTorch
+    baselines from the first bundle's source weights (or its recorded random-init seed)."""
     from deltadit.runtime import load, pytorch_executor
 
     configs, first = [], None
     for path in bundles:
-        b = load(path)
-        first = first or b
-        label = f"{Path(path).name} ({b.manifest.precision})"
-        configs.append(Config(f"ort {label}", b.uncached, "onnxrt", False, b, b.plan))
-        configs.append(Config(f"ort {label}+{b.plan.variant}", b.executor, "onnxrt", True, b, b.plan))
+        for backend in backends:
+            b = load(path, backend=backend)
+            first = first or b
+            label = f"{SHORT[backend]} {Path(path).name} ({b.manifest.precision})"
+            configs.append(Config(label, b.uncached, backend, False, b, b.plan))
+            configs.append(Config(f"{label}+{b.plan.variant}", b.executor, backend, True, b, b.plan))
     if torch_baselines and first is not None:
         import torch
 
@@ -313,6 +324,14 @@ def select_configs(configs: list[Config], patterns: str) -> list[Config]:
         raise DeltaDiTError(f"bench --configs | '{patterns}' matches no configuration. Expected: patterns over "
                             + ", ".join(repr(c.name) for c in configs) + ".")
     return kept
+
+
+def _backends(name: str, text: str) -> str:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in BUNDLE_BACKENDS]
+    if not names or bad:
+        raise DeltaDiTError(f"{name} | {text!r} is not a list of backends. Expected: some of {', '.join(BUNDLE_BACKENDS)}.")
+    return ",".join(names)
 
 
 def _torch_model(bundle):
@@ -343,21 +362,23 @@ def main(argv: list[str] | None = None) -> int:
                         "for the configurations matching these comma-separated patterns")
     p.add_argument("--configs", help="only the configurations whose names match these comma-separated shell patterns, "
                                      "e.g. 'ort *' or 'torch-bf16*,ort int8*' (names as in the report)")
+    p.add_argument("--backends", default="onnxrt", type=flag(_backends, "--backends"),
+                   help="engines that run each bundle, comma-separated: onnxrt, openvino (default onnxrt)")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--chart", help="write a PNG bar chart of loop speed-ups here")
     p.add_argument("--_memory-probe", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._memory_probe:
         bundle_path, kind = args._memory_probe[0], args._memory_probe[1]
-        configs = build_configs([bundle_path], kind.startswith("torch"), True)  # ORT probes load no torch model
-        c = {("torch" if c.backend == "torch" else "ort") + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else ""): c
-             for c in configs}[kind]
+        backend = "openvino" if kind.startswith("ov") else "onnxrt"
+        configs = build_configs([bundle_path], kind.startswith("torch"), True, (backend,))  # bundle probes load no torch model
+        c = {probe_kind(c): c for c in configs}[kind]
         run_loop(c.executor_factory(), c.bundle)
         print(_peak_rss_kib() / 1024)
         return 0
     if not args.bundles:
         raise DeltaDiTError("bench | no bundle given. Expected: deltadit bench BUNDLE [BUNDLE...] (e.g. an FP and an INT8 export).")
-    configs = build_configs(args.bundles, not args.no_torch, True)
+    configs = build_configs(args.bundles, not args.no_torch, True, tuple(args.backends.split(",")))
     if args.configs:
         configs = select_configs(configs, args.configs)
     first = configs[0].bundle
@@ -369,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                     "random_init": first.manifest.model.random_init, "model": first.manifest.model.preset})
     if args.memory:
         for c in select_configs(configs, args.memory):
-            kind = ("torch" if c.backend == "torch" else "ort") + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else "")
-            summary["configs"][c.name]["peak_rss_mib"] = peak_rss_mib([str(c.bundle.root), kind])
+            summary["configs"][c.name]["peak_rss_mib"] = peak_rss_mib([str(c.bundle.root), probe_kind(c)])
     print(format_report(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

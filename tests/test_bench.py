@@ -73,3 +73,20 @@ def test_bench_memory_for_selected_configurations(tmp_path):
     s = json.loads(out.read_text())["configs"]
     assert "peak_rss_mib" not in s["ort fp (fp32)"]
     assert s["ort fp (fp32)+delta-dit"]["peak_rss_mib"] > 50  # a fresh Python with torch + onnxruntime
+
+
+def test_bench_runs_every_bundle_on_each_backend_side_by_side(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("DELTADIT_CACHE", str(tmp_path / "cache"))
+    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
+    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+    out = tmp_path / "bench.json"
+    assert bench.main([str(tmp_path / "fp"), "--no-torch", "--repeats", "1", "--backends", "onnxrt,openvino",
+                       "--memory", "ov *+delta-dit", "--json", str(out)]) == 0
+    s = json.loads(out.read_text())["configs"]
+    assert list(s) == ["ort fp (fp32)", "ort fp (fp32)+delta-dit", "ov fp (fp32)", "ov fp (fp32)+delta-dit"]
+    assert s["ov fp (fp32)+delta-dit"]["speedup_vs_uncached_same_backend"] > 0
+    assert "overhead_vs_segments" in s["ov fp (fp32)+delta-dit"] and s["ov fp (fp32)+delta-dit"]["peak_rss_mib"] > 50
+    with pytest.raises(SystemExit) as stop:
+        bench.main([str(tmp_path / "fp"), "--backends", "tensorrtx"])
+    assert stop.value.code == 2 and "--backends | 'tensorrtx' is not a list of backends" in capsys.readouterr().err
