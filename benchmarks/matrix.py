@@ -31,22 +31,23 @@ def main() -> None:
     p.add_argument("--configs", help="passed to deltadit bench --configs (default: every configuration)")
     p.add_argument("--memory", default="*", help="passed to deltadit bench --memory: configurations to probe "
                                                  "for peak RSS ('' for none)")
+    p.add_argument("--backends", default="onnxrt", help="passed to deltadit bench --backends (e.g. onnxrt,openvino)")
+    p.add_argument("--no-loops", action="store_true", help="passed to deltadit bench: step paths and segments only")
     args = p.parse_args()
 
     from deltadit import bench
     from deltadit.export.pipeline import export_bundle
     from deltadit.export.quantize import Int8Options
-    from deltadit.plan import build_plan
     from deltadit.presets import load_preset
 
     preset = load_preset(args.model)
     random_init = preset.source.startswith("embedded:") is False
-    nb_all = preset.transformer["num_layers"]
+    nb_all = preset.num_blocks
     nb = args.layers or nb_all
     nc = round(preset.nc * nb / nb_all)
     if nb != nb_all:
         preset = preset.with_overrides(transformer={**preset.transformer, "num_layers": nb}, nc=nc)
-    plan = build_plan(preset.steps, nb, nc, preset.b, preset.interval, preset.variant)
+    plan = preset.plan()
     name = f"{args.model}-{nb}blocks" if nb != nb_all else args.model
     work = Path(args.work) / name
     tic = time.perf_counter()
@@ -61,6 +62,7 @@ def main() -> None:
             "--json", str(results / f"{name}.json"), "--chart", str(results / f"{name}.png")]
     argv += ["--configs", args.configs] if args.configs else []
     argv += ["--memory", args.memory] if args.memory else []
+    argv += ["--backends", args.backends] + (["--no-loops"] if args.no_loops else [])
     bench.main(argv)
     summary = json.loads((results / f"{name}.json").read_text())
     header = (f"{preset.description}: {nb} of {nb_all} blocks, N_c = {nc}, b = {preset.b}, {preset.steps} steps, "

@@ -169,3 +169,33 @@ def test_seven_bit_weights_stay_within_the_kernels_safe_range_and_eight_bit_bund
     with pytest.warns(RuntimeWarning, match=r"saturates on the bundle's 8-bit weights"):
         b.runner.activate()
     assert b.runner.emulated_int8 == ["blocks_00_03", "blocks_03_06"]
+
+
+def test_attention_stays_free_of_qdq_so_tensorrt_can_fuse_it(int8_bundle):
+    """TensorRT fuses FP16 attention only when no Q/DQ sits inside the scaled-dot-product pattern
+    (NVIDIA/TensorRT issues #2905, #3724: INT8 engines slower than FP16 otherwise). Only the Linear layers'
+    inputs and weights are quantized: the score MatMul, Softmax and the weights x V MatMul take float
+    tensors that no DequantizeLinear produces directly."""
+    import onnx
+
+    graph = onnx.load(str(int8_bundle / "q" / "onnx" / "blocks_00_03.onnx"), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def upstream_matmul(name, depth=4):
+        node = producer.get(name)
+        while node is not None and node.op_type != "MatMul" and depth:
+            node, depth = producer.get(node.input[0]), depth - 1
+        return node
+
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == 6  # 3 blocks x (self- and cross-attention)
+    for sm in softmaxes:
+        scores = upstream_matmul(sm.input[0])
+        weighted = next(c for c in consumers[sm.output[0]] if c.op_type == "MatMul")
+        for mm in (scores, weighted):
+            assert mm is not None
+            assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in mm.input), mm.name
