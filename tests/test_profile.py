@@ -1,0 +1,28 @@
+"""deltadit.profile: ONNX Runtime's profiler over one full step, summed by operator kind."""
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from deltadit.profile import aggregate, format_profile, main, profile_bundle
+from deltadit.export.pipeline import export_bundle
+from tests.export.test_bundle import tiny_preset
+
+
+def test_aggregate_sums_node_kernel_times_by_kind():
+    events = [{"cat": "Node", "name": "a_kernel_time", "dur": 30, "args": {"op_name": "MatMul"}},
+              {"cat": "Node", "name": "b_kernel_time", "dur": 10, "args": {"op_name": "Softmax"}},
+              {"cat": "Node", "name": "b_fence_before", "dur": 99, "args": {"op_name": "Softmax"}},  # not a kernel
+              {"cat": "Session", "name": "model_run", "dur": 1000},
+              {"cat": "Node", "name": "c_kernel_time", "dur": 5, "args": {"op_name": "SomethingNew"}}]
+    r = aggregate(events)
+    assert r["by_kind"] == {"gemm": 30.0, "attention": 10.0, "other": 5.0}
+    assert "| gemm | 0.0 | 66.7 % |" in format_profile(r)
+
+
+def test_profile_a_bundle_step(tmp_path, capsys):
+    preset = tiny_preset("pixart")
+    export_bundle(preset, preset.plan(), tmp_path / "b", random_init=True, progress=False)
+    r = profile_bundle(tmp_path / "b", repeats=1)
+    assert r["by_kind"]["gemm"] > 0 and r["by_op"].get("MultiHeadAttention", 0) > 0  # the fused graphs ran
+    assert main([str(tmp_path / "b"), "--repeats", "1"]) == 0 and "| kind |" in capsys.readouterr().out
