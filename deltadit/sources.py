@@ -24,6 +24,13 @@ def hub_cache() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
 
 
+def user_cache(kind: str) -> Path:
+    """deltadit's cache folder for ``kind`` (e.g. TensorRT engines, OpenVINO blobs built on load):
+    $DELTADIT_CACHE/KIND, else $XDG_CACHE_HOME/deltadit/KIND, else ~/.cache/deltadit/KIND. Never a bundle."""
+    base = os.environ.get("DELTADIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deltadit"
+    return Path(base) / kind
+
+
 def is_embedded(source: str | None) -> bool:
     return bool(source) and source.startswith(EMBEDDED)
 

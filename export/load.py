@@ -8,7 +8,7 @@ from pathlib import Path
 from deltadit.errors import DeltaDiTError
 from deltadit.models import get_spec
 from deltadit.presets import Preset
-from deltadit.sources import hub_cache, resolve_source
+from deltadit.sources import hub_cache, local_folder, resolve_source
 
 
 def load_transformer(preset: Preset, weights: str | None, random_init: bool, seed: int = 0):
@@ -33,18 +33,12 @@ def build_transformer(arch: str, config: dict, source: str, random_init: bool, s
     if random_init:
         torch.manual_seed(seed)
         return cls(**config).eval()
-    source = resolve_source(source)
-    looked = []
-    local = Path(source)
-    for folder in (local / "transformer", local):
-        looked.append(str(folder))
+    root = local_folder(source)  # a folder, embedded:NAME or a cached hub id's snapshot; nothing downloaded
+    looked = [str(Path(resolve_source(source)))] + ([] if root is not None else
+                                                    [f"the local hub cache {hub_cache()} for '{source}'"])
+    for folder in ((root / "transformer", root) if root is not None else ()):
         if (folder / "config.json").is_file():
-            return load_folder(cls, folder)
-    looked.append(f"the local hub cache {hub_cache()} for '{source}'")
-    try:
-        return cls.from_pretrained(source, subfolder="transformer", local_files_only=True).eval()
-    except Exception:  # noqa: BLE001 - any failure here means "not on disk"; say where we looked
-        pass
+            return load_folder(cls, folder)  # every load goes through the folder checks, cached hub ids too
     raise DeltaDiTError(
         f"weights | no {cls.__name__} weights found for '{source}'. Looked in: " + "; ".join(looked) + ". "
         "Expected: --weights DIR (a diffusers model folder), a hub id already downloaded into the cache "

@@ -330,19 +330,16 @@ def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[di
     if int8_info is not None:  # the runner reads the weight bits (emulated int8 on CPUs that would saturate)
         manifest["int8"] = int8_info
     failures = _check_graphs(work, manifest, split, traced, entries, tolerance, int8_tolerance, report, progress)
-    if int8 is None or failures:
-        if failures:
-            raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
-        return
-    from deltadit.export.int8 import guard
+    if int8 is not None and not failures:
+        from deltadit.export.int8 import guard
 
-    runner = OnnxrtRunner(work, manifest, split.segments)
-    try:
-        int8_info.update(guard(split, plan, preset, runner, work, manifest, holdout, int8, progress))
-    finally:
-        runner.deactivate()
-    manifest["int8"] = int8_info
-    failures += int8_info.pop("failures")
+        runner = OnnxrtRunner(work, manifest, split.segments)
+        try:
+            int8_info.update(guard(split, plan, preset, runner, work, manifest, holdout, int8, progress))
+        finally:
+            runner.deactivate()
+        manifest["int8"] = int8_info
+        failures += int8_info.pop("failures")
     if failures:
         raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
 

@@ -123,12 +123,12 @@ def quantize_groups(groups: dict, options: Int8Options, keep_fp: tuple[str, ...]
     else:
         mtq.quantize(container, cfg, forward_loop=lambda _model: forward_loop())
     if options.weight_bits == 7:
-        _halve_weight_range(container)
+        _seven_bit_weights(container)
     container.eval()
     return quantized_layers(container)
 
 
-def _halve_weight_range(container) -> None:
+def _seven_bit_weights(container) -> None:
     """7-bit weights in INT8 QDQ: each weight quantizer's amax is scaled by 127/63, so a channel's
     largest weight lands exactly on code 63 and every code stays within +-63, which ONNX Runtime's AVX2
     int8 kernel multiplies without saturating. (Doubling amax instead puts the largest weights on

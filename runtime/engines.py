@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
 from deltadit.manifest import SEGMENT_NAME, Manifest
+from deltadit.sources import user_cache
 
 ENGINES_DIR = "engines"
 TIMING_CACHE = "timing.cache"
 
 
 def default_cache_dir() -> Path:
-    """Where engines built on first load go: $DELTADIT_CACHE/engines, else ~/.cache/deltadit/engines.
-    Never the bundle itself, which stays as exported (and may be read-only)."""
-    base = os.environ.get("DELTADIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deltadit"
-    return Path(base) / ENGINES_DIR
+    """Where engines built on first load go (:func:`deltadit.sources.user_cache`); never the bundle itself,
+    which stays as exported (and may be read-only)."""
+    return user_cache(ENGINES_DIR)
 
 
 def profile_for(entry, opt_batch: int, max_batch: int, min_batch: int = 1) -> dict:

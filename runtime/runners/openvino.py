@@ -11,20 +11,15 @@ The fused-attention graphs (``com.microsoft`` ops, ONNX Runtime only) are not us
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
 from deltadit.manifest import Manifest
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
+from deltadit.sources import user_cache
 
 PRECISIONS = ("f32", "bf16")
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("DELTADIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deltadit"
-    return Path(base) / "openvino"
 
 
 class OpenVinoRunner(Runner):
@@ -38,7 +33,7 @@ class OpenVinoRunner(Runner):
         self.root = Path(root)
         self.entries = {s.name: s for s in manifest.segments}
         self.device_name, self.precision, self.threads = device, precision, threads
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else user_cache("openvino")
         self.compiled: dict = {}
 
     def _activate_impl(self) -> None:
