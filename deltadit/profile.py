@@ -71,7 +71,7 @@ def profile_bundle(bundle_path: str | Path, repeats: int = 3) -> dict:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(tmp) / seg.name)
-            if bundle.manifest.int8_weight_bits == 8 and seg.name in getattr(runner, "emulated_int8", []):
+            if seg.name in runner.emulated_int8:  # the runner runs these dequantized on this CPU: profile the same
                 opts.add_session_config_entry("session.disable_quant_qdq", "1")
             sess = ort.InferenceSession(str(bundle.root / runner.graph_path(seg)), opts, providers=["CPUExecutionProvider"])
             wanted = {i.name for i in sess.get_inputs()}
