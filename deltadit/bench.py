@@ -1,14 +1,18 @@
 """`deltadit bench`: latency of every way to run one model, side by side in one run.
 
 Configurations (those whose inputs are given):
-  torch-fp32, torch-bf16         the unmodified diffusers transformer's forward in the same loop
-  torch-bf16+delta-dit           the PyTorch runner with the plan under bf16 autocast
-  <bundle>, <bundle>+<plan>      each bundle uncached (every step in full on its segments) and with its plan
+  torch-<dtype>[+<plan>]          the unmodified diffusers forward / the PyTorch Δ-DiT runner, eager, per
+  torch-compile-<dtype>[+<plan>]  --torch-dtypes (fp32, bf16), and with --compile under torch.compile
+                                  (see deltadit.baselines)
+  <bundle>, <bundle>+<plan>       each bundle uncached (every step in full on its segments) and with its plan
 
 Measured with warm-up and ``repeats`` rounds; in each round every configuration runs once, in turn, so
 drift on a noisy machine hits all of them alike; medians are reported. Per configuration: the whole
 denoising loop of one image (batch 1, CFG batch 2), each step path (full / cached range) and, for
 bundles, each segment; the runtime's overhead is a step's time over the sum of its segments' medians.
+With --torch-per-step the PyTorch configurations time step paths only and their loop is estimated as
+the sum over the plan's steps of each path's median (marked "est." in the report). Medians come with
+min–max; the result records the CPU model and its vector / matrix ISA flags.
 Peak memory is the peak RSS of a fresh process running one loop of that configuration (--memory).
 """
 
@@ -21,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deltadit.bench_report import chart, format_report, machine
 from deltadit.errors import DeltaDiTError
 
 
@@ -42,35 +47,7 @@ class Config:
     bundle: object = None
     plan: object = None
     results: dict = field(default_factory=dict)
-
-
-class UnmodifiedExecutor:
-    """The plain diffusers transformer forward behind the executor interface (the baseline)."""
-
-    def __init__(self, transformer, plan, autocast=None):
-        from deltadit.runtime.bundle import FullPlan
-
-        self.transformer, self.plan, self.autocast = transformer, FullPlan(plan), autocast
-
-    def reset(self):
-        pass
-
-    def step(self, index, feeds):
-        import contextlib
-
-        import torch
-
-        ctx = torch.autocast("cpu", dtype=self.autocast) if self.autocast else contextlib.nullcontext()
-        with torch.no_grad(), ctx:
-            if "class_labels" in feeds:
-                out = self.transformer(feeds["sample"], timestep=feeds["timestep"], class_labels=feeds["class_labels"]).sample
-            else:
-                extra = {k: feeds[k] for k in ("resolution", "aspect_ratio") if k in feeds}
-                out = self.transformer(feeds["sample"], encoder_hidden_states=feeds["encoder_hidden_states"],
-                                       timestep=feeds["timestep"], encoder_attention_mask=feeds["encoder_attention_mask"],
-                                       added_cond_kwargs={"resolution": extra.get("resolution"),
-                                                          "aspect_ratio": extra.get("aspect_ratio")}).sample
-        return {"sample": out.float()}
+    loops: bool = True  # whole loops timed (else estimated from step paths)
 
 
 def _conditions(bundle, gen):
@@ -174,10 +151,26 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
         if c is timed_segments.get(id(c.bundle)):  # once per bundle and round
             for k, v in time_segments(c.bundle, c.feeds).items():
                 c.results["segments"].setdefault(k, []).append(v)
-        if loops:
+        if loops and c.loops:
             tic = time.perf_counter()
             run_loop(c.executor, c.bundle)
             c.results["loop"].append(time.perf_counter() - tic)
+
+
+def loop_stats(c: Config) -> dict:
+    """Median and min–max of the whole loop: measured, or (a configuration timed per step) the sum over
+    the plan's steps of each step path's median / min / max."""
+    from deltadit.costs import path_name
+
+    if c.results["loop"]:
+        v = c.results["loop"]
+        return {"loop_s": statistics.median(v), "loop_min_s": min(v), "loop_max_s": max(v), "loop_estimated": False}
+    paths = c.results["paths"]
+    if not paths:
+        return {"loop_s": None}
+    steps = [path_name(s) for s in (c.plan if c.cached else c.executor.plan).steps]
+    return {"loop_s": sum(statistics.median(paths[n]) for n in steps), "loop_min_s": sum(min(paths[n]) for n in steps),
+            "loop_max_s": sum(max(paths[n]) for n in steps), "loop_estimated": True}
 
 
 def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
@@ -192,8 +185,9 @@ def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
             seg_medians[id(c.bundle)] = {k: med(v) for k, v in c.results["segments"].items()}
     for c in configs:
         costs = plan_costs(c.plan, block_macs, cfg_batch)
-        r = {"backend": c.backend, "cached": c.cached, "loop_s": med(c.results["loop"]) if c.results["loop"] else None,
+        r = {"backend": c.backend, "cached": c.cached, **loop_stats(c),
              "paths_s": {k: med(v) for k, v in c.results["paths"].items()},
+             "paths_range_s": {k: [min(v), max(v)] for k, v in c.results["paths"].items()},
              "macs": costs.plan_macs if c.cached else costs.baseline_macs, "bound": costs.speedup_bound if c.cached else 1.0}
         segs = seg_medians.get(id(c.bundle)) if c.backend in BUNDLE_BACKENDS else None
         if segs:
@@ -228,46 +222,6 @@ def summarize(configs: list[Config], block_macs: int, cfg_batch: int) -> dict:
     return out
 
 
-def format_report(summary: dict) -> str:
-    mem = any("peak_rss_mib" in r for r in summary["configs"].values())
-    lines = ["| configuration | loop s | vs " + summary["baseline"] + " | vs same backend uncached | MACs bound | full step s | cached steps s | overhead (step / Σ segments − 1) |"
-             + (" peak RSS MiB |" if mem else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if mem else "")]
-    for name, r in summary["configs"].items():
-        paths = r["paths_s"]
-        full = paths.get("full", float("nan"))
-        cached = ", ".join(f"{k.replace('cached ', '')} {v:.3f}" for k, v in paths.items() if k != "full") or "—"
-        rt, seq = r.get("overhead_runtime", {}), r.get("overhead_segments_in_step", {})
-        over = ", ".join(f"{k.replace('cached ', '')} {100 * v:+.1f}%" + (f" (runtime {100 * rt[k]:+.1f}%, segments in step "
-                                                                          f"{100 * seq[k]:+.1f}%)" if k in rt else "")
-                         for k, v in r.get("overhead_vs_segments", {}).items()) or "—"
-        loop = f"{r['loop_s']:.3f}" if r["loop_s"] else "—"
-        vb = r.get("speedup_vs_" + summary["baseline"])
-        vs = r.get("speedup_vs_uncached_same_backend")
-        mem = f" {r['peak_rss_mib']:.0f} |" if "peak_rss_mib" in r else ""
-        lines.append(f"| {name} | {loop} | " + (f"{vb:.2f}x" if vb else "—") + " | " + (f"{vs:.2f}x" if vs and r['cached'] else "—")
-                     + f" | {r['bound']:.2f}x | {full:.3f} | {cached} | {over} |{mem}")
-    return "\n".join(lines) + "\n"
-
-
-def chart(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n, r in summary["configs"].items() if r["loop_s"]]
-    speed = [summary["configs"][n]["speedup_vs_" + summary["baseline"]] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
-    ax.barh(names[::-1], speed[::-1], color="#4878a8")
-    for y, v in enumerate(speed[::-1]):
-        ax.text(v, y, f" {v:.2f}x", va="center")
-    ax.set_xlabel(f"denoising-loop speed-up vs {summary['baseline']} (median)")
-    ax.axvline(1.0, color="k", lw=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _peak_rss_kib() -> float:
     """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over execve,
     so a child started from a big parent would report the parent's peak."""
@@ -289,11 +243,11 @@ def peak_rss_mib(args: list[str]) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def build_configs(bundles: list[str], torch_baselines: bool, bf16_plan: bool,
-                  backends: tuple[str, ...] = ("onnxrt",)) -> list[Config]:
+def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "bf16"), compile_: bool = False,
+                  backends: tuple[str, ...] = ("onnxrt",), torch_loops: bool = True) -> list[Config]:
     """Configurations from bundle paths: each on every backend, uncached and with its plan; PyTorch
-    baselines from the first bundle's source weights (or its recorded random-init seed)."""
-    from deltadit.runtime import load, pytorch_executor
+    baselines (deltadit.baselines) from the first bundle's source weights (or its random-init seed)."""
+    from deltadit.runtime import load
 
     configs, first = [], None
     for path in bundles:
@@ -303,16 +257,23 @@ def build_configs(bundles: list[str], torch_baselines: bool, bf16_plan: bool,
             label = f"{SHORT[backend]} {Path(path).name} ({b.manifest.precision})"
             configs.append(Config(label, b.uncached, backend, False, b, b.plan))
             configs.append(Config(f"{label}+{b.plan.variant}", b.executor, backend, True, b, b.plan))
-    if torch_baselines and first is not None:
-        import torch
+    if torch_dtypes and first is not None:
+        from deltadit.baselines import baselines, torch_model
 
-        model = _torch_model(first)
-        configs.insert(0, Config("torch-fp32", lambda: UnmodifiedExecutor(model, first.plan), "torch", False, first, first.plan))
-        configs.insert(1, Config("torch-bf16", lambda: UnmodifiedExecutor(model, first.plan, torch.bfloat16), "torch", False, first, first.plan))
-        if bf16_plan:
-            configs.insert(2, Config(f"torch-bf16+{first.plan.variant}",
-                                     lambda: pytorch_executor(model, first.plan, autocast=torch.bfloat16), "torch", True, first, first.plan))
+        torch_configs = [Config(t.name, t.factory, "torch", t.cached, first, first.plan, loops=torch_loops)
+                         for t in baselines(torch_model(first), first.plan, torch_dtypes, compile_)]
+        configs = torch_configs + configs
     return configs
+
+
+def _dtypes(name: str, text: str) -> str:
+    from deltadit.baselines import DTYPES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if any(n not in DTYPES for n in names):
+        raise DeltaDiTError(f"{name} | {text!r} is not a list of dtypes. Expected: some of {', '.join(DTYPES)}, "
+                            "or '' for no PyTorch baselines.")
+    return ",".join(names)
 
 
 def select_configs(configs: list[Config], patterns: str) -> list[Config]:
@@ -334,15 +295,6 @@ def _backends(name: str, text: str) -> str:
     return ",".join(names)
 
 
-def _torch_model(bundle):
-    """The bundle's transformer in PyTorch: the same seeded random weights (as the exporter built them),
-    or the source weights."""
-    from deltadit.export.load import build_transformer
-
-    m = bundle.manifest.model
-    return build_transformer(m.arch, m.config, m.source, m.random_init, m.seed or 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -356,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=flag(validate.integer, "--warmup", 0, validate.MAX_REPEATS, parse=int), default=1,
                    help="untimed rounds first (default 1)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    p.add_argument("--torch-dtypes", default="fp32,bf16", type=flag(_dtypes, "--torch-dtypes"),
+                   help="PyTorch baselines' precisions, comma-separated: fp32, bf16, fp16 (default fp32,bf16)")
+    p.add_argument("--compile", action="store_true", help="add torch.compile (inductor) baselines, with and without "
+                                                          "the plan (compiled in the warm-up round)")
+    p.add_argument("--torch-per-step", action="store_true",
+                   help="PyTorch baselines: time step paths only and estimate the loop from them")
     p.add_argument("--no-loops", action="store_true", help="time step paths and segments only (no whole loops)")
     p.add_argument("--memory", nargs="?", const="*", metavar="PATTERNS",
                    help="peak RSS per configuration (one fresh process each, running one loop); optionally only "
@@ -371,14 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     if args._memory_probe:
         bundle_path, kind = args._memory_probe[0], args._memory_probe[1]
         backend = "openvino" if kind.startswith("ov") else "onnxrt"
-        configs = build_configs([bundle_path], kind.startswith("torch"), True, (backend,))  # bundle probes load no torch model
+        dtypes = ("fp32", "bf16") if kind.startswith("torch") else ()  # bundle probes load no torch model
+        configs = build_configs([bundle_path], dtypes, False, (backend,))
         c = {probe_kind(c): c for c in configs}[kind]
         run_loop(c.executor_factory(), c.bundle)
         print(_peak_rss_kib() / 1024)
         return 0
     if not args.bundles:
         raise DeltaDiTError("bench | no bundle given. Expected: deltadit bench BUNDLE [BUNDLE...] (e.g. an FP and an INT8 export).")
-    configs = build_configs(args.bundles, not args.no_torch, True, tuple(args.backends.split(",")))
+    dtypes = () if args.no_torch else tuple(n for n in args.torch_dtypes.split(",") if n)
+    configs = build_configs(args.bundles, dtypes, args.compile, tuple(args.backends.split(",")), not args.torch_per_step)
     if args.configs:
         configs = select_configs(configs, args.configs)
     first = configs[0].bundle
@@ -386,10 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     block = first.spec.block_macs(first.config, ex.text_len, ex.latent_side * 8)
     bench(configs, args.repeats, args.warmup, loops=not args.no_loops)
     summary = summarize(configs, block, ex.opt_batch)
-    summary.update({"repeats": args.repeats, "warmup": args.warmup, "bundles": args.bundles,
+    summary.update({"machine": machine(), "repeats": args.repeats, "warmup": args.warmup, "bundles": args.bundles,
                     "random_init": first.manifest.model.random_init, "model": first.manifest.model.preset})
     if args.memory:
         for c in select_configs(configs, args.memory):
+            if "compile" in c.name:
+                continue  # the probe runs eager configurations only
             summary["configs"][c.name]["peak_rss_mib"] = peak_rss_mib([str(c.bundle.root), probe_kind(c)])
     print(format_report(summary))
     if args.json:

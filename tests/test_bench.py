@@ -8,6 +8,7 @@ pytest.importorskip("onnxruntime")
 
 from deltadit import bench
 from deltadit.export.pipeline import export_bundle
+from deltadit.costs import path_name
 from deltadit.plan import build_plan
 from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
 
@@ -19,9 +20,12 @@ def test_bench_times_every_configuration(tmp_path, capsys):
     assert bench.main([str(tmp_path / "fp"), "--repeats", "2", "--json", str(out), "--chart", str(tmp_path / "c.png")]) == 0
     s = json.loads(out.read_text())
     names = list(s["configs"])
-    assert names == ["torch-fp32", "torch-bf16", "torch-bf16+delta-dit", "ort fp (fp32)", "ort fp (fp32)+delta-dit"]
+    assert names == ["torch-fp32", "torch-fp32+delta-dit", "torch-bf16", "torch-bf16+delta-dit", "ort fp (fp32)",
+                     "ort fp (fp32)+delta-dit"]
     for name, r in s["configs"].items():
         assert r["loop_s"] > 0 and r["paths_s"]["full"] > 0
+        assert r["loop_min_s"] <= r["loop_s"] <= r["loop_max_s"] and not r["loop_estimated"]
+    assert s["machine"]["cpus"] >= 1 and "isa_flags" in s["machine"]
     cached = s["configs"]["ort fp (fp32)+delta-dit"]
     # The plan has two cached paths (deep range while t <= b, shallow after), each timed and costed.
     assert set(cached["paths_s"]) == {"full", "cached [3,6)", "cached [0,3)"}
@@ -40,6 +44,37 @@ def test_bench_times_every_configuration(tmp_path, capsys):
     assert s["configs"]["torch-fp32"]["speedup_vs_torch-fp32"] == 1.0
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert "| ort fp (fp32)+delta-dit |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_compiled_baselines_per_step(tmp_path):
+    """torch.compile baselines (whole forward, and each split segment under the plan) compute what eager
+    does, and --torch-per-step estimates their loop from the step paths' medians."""
+    import torch
+
+    from deltadit.baselines import baselines, torch_model
+    from deltadit.runtime import load
+
+    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
+    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+    b = load(tmp_path / "fp")
+    by_name = {x.name: x for x in baselines(torch_model(b), b.plan, ("fp32",), compile_=True)}
+    assert list(by_name) == ["torch-fp32", "torch-fp32+delta-dit", "torch-compile-fp32", "torch-compile-fp32+delta-dit"]
+    eager, compiled = by_name["torch-fp32+delta-dit"].factory(), by_name["torch-compile-fp32+delta-dit"].factory()
+    torch.testing.assert_close(bench.run_loop(compiled, b), bench.run_loop(eager, b), rtol=1e-4, atol=1e-5)
+    out = tmp_path / "bench.json"
+    assert bench.main([str(tmp_path / "fp"), "--repeats", "2", "--warmup", "1", "--torch-dtypes", "fp32", "--compile",
+                       "--torch-per-step", "--configs", "torch-compile*", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["configs"]["torch-compile-fp32+delta-dit"]
+    steps = [path_name(s) for s in plan.steps]
+    assert r["loop_estimated"] and r["loop_s"] == pytest.approx(sum(r["paths_s"][n] for n in steps))
+
+
+def test_bench_rejects_unknown_torch_dtype(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main([str(tmp_path), "--torch-dtypes", "fp8"])
+    assert e.value.code == 2
+    assert "--torch-dtypes | 'fp8' is not a list of dtypes. Expected: some of fp32, bf16, fp16" in capsys.readouterr().err
 
 
 def test_bench_needs_a_bundle():
