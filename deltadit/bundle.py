@@ -72,7 +72,7 @@ def read_bundle(bundle: str | Path) -> Manifest:
             problems.append(f"{f} | sha256 does not match the manifest (segment {owner}): the file is "
                             "corrupt or was changed. Expected: re-export the bundle or restore the file.")
     raise_if(problems, f"bundle {root} | failed its integrity check:" if len(problems) > 1 else None)
-    for seg in manifest.segments:
+    for seg in (*manifest.segments, *([manifest.text_encoder] if manifest.text_encoder else [])):
         check_external_data(root, seg)
     return manifest
 

