@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deltadit.errors import DeltaDiTError
+from deltadit.eval.stats import DEFAULT_ROUNDS, Interval, accuracy_interval, fid_interval, frechet_distance
 
 MAX_PER_CLASS = 1000  # generated images per class prompt and row (animal-mnist has 1000 real ones per class)
 ROWS = ("baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8")
@@ -60,14 +61,13 @@ def rows_for(preset, names=ROWS) -> list[Row]:
     return [table[n] for n in names]
 
 
-def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
-    """Export (or reuse) the row's bundle."""
+def bundle_for(row: Row, preset, root: Path, calib_count: int, keep_fp: tuple[str, ...] = ()) -> Path:
+    """Export (or reuse) the row's bundle under ``root``; keep_fp: INT8 layers left in FP32 (--int8-keep-fp)."""
     from deltadit.sources import weights_fingerprint
     from deltadit.export.pipeline import export_bundle
     from deltadit.export.quantize import Int8Options
 
-    slug = row.name.split(" ")[0]
-    out = root / slug
+    out = root / slug(row.name)
     if (out / "manifest.json").is_file():  # reuse only a bundle of this plan and precision, from the same weights
         from deltadit.bundle import read_bundle
 
@@ -76,11 +76,13 @@ def _bundle_for(row: Row, preset, root: Path, calib_count: int) -> Path:
         except DeltaDiTError:  # an older format or a damaged bundle: export it again
             m = None
         if (m is not None and m.plan == row.plan and m.precision == ("int8" if row.int8 else "fp32")
-                and m.model.weights_sha256 == weights_fingerprint(preset.source)):
+                and m.model.weights_sha256 == weights_fingerprint(preset.source)
+                and (not row.int8 or (m.int8 or {}).get("options", {}).get("keep_fp", []) == list(keep_fp))):
             return out
-    p = preset.with_overrides(steps=row.plan.num_steps)
+    p = preset.with_overrides(steps=row.plan.num_steps, b=row.plan.b, nc=row.plan.n_c, interval=row.plan.interval,
+                              variant=row.plan.variant)
     export_bundle(p, row.plan, out, progress=False, build_engines=False, force=True,  # replaces a stale bundle
-                  int8=Int8Options(count=calib_count) if row.int8 else None)
+                  int8=Int8Options(count=calib_count, keep_fp=tuple(keep_fp)) if row.int8 else None)
     return out
 
 
@@ -98,7 +100,7 @@ def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditi
     return np.concatenate(images)
 
 
-def _latency_ms(bundle, conditioner, repeats: int) -> float:
+def latency_ms(bundle, conditioner, repeats: int) -> float:
     """Median wall time of one image's denoising loop (batch 1, CFG batch 2) on this bundle."""
     times = []
     for r in range(repeats + 1):
@@ -107,6 +109,11 @@ def _latency_ms(bundle, conditioner, repeats: int) -> float:
         if r:  # the first run warms up the sessions
             times.append((time.perf_counter() - tic) * 1e3)
     return statistics.median(times)
+
+
+def slug(name: str) -> str:
+    """A row's folder / file name: its first word ("fewer-steps (T=12)" -> "fewer-steps")."""
+    return name.split(" ")[0]
 
 
 class Fid:
@@ -131,11 +138,21 @@ class Fid:
             with torch.no_grad():
                 update(x, data_range=(0, 1))
 
-    def __call__(self, images: np.ndarray) -> float:
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Inception features (n, 2048) of generated images in [0, 1]."""
         self.helper.begin_eval_stat()
         self._feed(images, self.helper.update_eval_stat)
         self.helper.finish_eval_stat()
-        return float(self.helper.compute_fid_score())
+        return np.asarray(self.helper.eval_feats_list, dtype=np.float64)
+
+    def __call__(self, images: np.ndarray) -> float:
+        ref = self.helper.ref_stat_dict
+        return frechet_distance(ref["mu"], ref["sigma"], self.features(images))
+
+    def interval(self, images: np.ndarray, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> Interval:
+        """FID with its bootstrap interval over the generated images (the reference stays fixed)."""
+        ref = self.helper.ref_stat_dict
+        return fid_interval(ref["mu"], ref["sigma"], self.features(images), rounds, seed)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -155,8 +172,10 @@ def save_grid(images: np.ndarray, per_class: int, path: Path, columns: int = 8) 
 
 
 def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, calib_count: int = 4,
-             latency_repeats: int = 5, reference_per_class: int = 100, progress: bool = True) -> dict:
-    """reference_per_class: held-out real images per class for FID (all 100 by default)."""
+             latency_repeats: int = 5, reference_per_class: int = 100, progress: bool = True,
+             bootstrap_rounds: int = DEFAULT_ROUNDS) -> dict:
+    """reference_per_class: held-out real images per class for FID (all 100 by default).
+    bootstrap_rounds: resamples of the generated images behind each FID / accuracy 95 % interval."""
     import torch
 
     from deltadit.console import track
@@ -189,18 +208,20 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     torch.manual_seed(seed)
     results, baseline_images = [], None
     for row in track(rows, "eval rows", enabled=progress, unit="rows"):
-        bundle = load(_bundle_for(row, preset, out / "bundles", calib_count))
+        bundle = load(bundle_for(row, preset, out / "bundles", calib_count))
         tic = time.perf_counter()
         images = _generate_all(bundle, prompts, per_class, seed, conditioner)
         gen_s = time.perf_counter() - tic
         if baseline_images is None:
             baseline_images = images
         macs = plan_costs(row.plan, block, preset.cfg_batch).plan_macs
-        acc = float((predict(judge, images).numpy() == labels).mean())
+        acc = accuracy_interval(predict(judge, images).numpy() == labels, bootstrap_rounds, seed)
+        fid_ci = fid.interval(images, bootstrap_rounds, seed)
         results.append({
             "row": row.name, "steps": row.plan.num_steps, "variant": row.plan.variant, "precision": "int8" if row.int8 else "fp32",
             "n_c": row.plan.n_c, "b": row.plan.b, "macs": macs, "macs_ratio": macs / base_macs, "speedup_bound": base_macs / macs,
-            "latency_ms": _latency_ms(bundle, conditioner, latency_repeats), "fid": fid(images), "class_accuracy": acc,
+            "latency_ms": latency_ms(bundle, conditioner, latency_repeats), "fid": fid_ci.value, "class_accuracy": acc.value,
+            "fid_ci": fid_ci.to_dict(), "class_accuracy_ci": acc.to_dict(),
             "psnr_vs_baseline": psnr(images, baseline_images), "generate_all_s": gen_s,
         })
         save_grid(images, per_class, out / "grids" / f"{row.name.split(' ')[0]}.png")
@@ -209,7 +230,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
         r["measured_speedup"] = base_latency / r["latency_ms"]
     report = {"model": preset.name, "samples_per_row": len(labels), "per_class": per_class, "seed": seed,
               "fid_reference": f"{len(real)} held-out real images", "scheduler": preset.scheduler,
-              "guidance_scale": preset.guidance_scale, "rows": results}
+              "guidance_scale": preset.guidance_scale, "bootstrap_rounds": bootstrap_rounds, "rows": results}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "table.md").write_text(format_table(report))
@@ -222,11 +243,19 @@ def format_table(report: dict) -> str:
     lines = [f"{report['samples_per_row']} images per row ({report['per_class']} per class x 10 prompts, seeds "
              f"{report['seed']}..{report['seed'] + report['per_class'] - 1}); FID vs {report['fid_reference']}; "
              f"{report['scheduler']}, guidance {report['guidance_scale']}.", "",
+             "FID and class accuracy: value [95 % bootstrap interval over the generated images].", "",
              "| row | steps | N_c | precision | MACs | bound | latency ms | measured | FID ↓ | class acc ↑ | PSNR vs baseline ↑ |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['row']} | {r['steps']} | {r['n_c']} | {r['precision']} | {format_macs(r['macs'])} | "
-                     f"{r['speedup_bound']:.2f}x | {r['latency_ms']:.0f} | {r['measured_speedup']:.2f}x | {r['fid']:.2f} | "
-                     f"{100 * r['class_accuracy']:.1f}% | "
+                     f"{r['speedup_bound']:.2f}x | {r['latency_ms']:.0f} | {r['measured_speedup']:.2f}x | {_ci(r, 'fid', 1, 2)} | "
+                     f"{_ci(r, 'class_accuracy', 100, 1)}% | "
                      + ("—" if r["row"] == "baseline" else f"{r['psnr_vs_baseline']:.1f} dB") + " |")
     return "\n".join(lines) + "\n"
+
+
+def _ci(row: dict, key: str, scale: float, digits: int) -> str:
+    """'99.84 [97.10, 103.02]' (a row from before the intervals: the value alone)."""
+    ci = row.get(f"{key}_ci")
+    value = f"{scale * row[key]:.{digits}f}"
+    return value if ci is None else f"{value} [{scale * ci['low']:.{digits}f}, {scale * ci['high']:.{digits}f}]"

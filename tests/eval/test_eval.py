@@ -105,13 +105,13 @@ def test_eval_reuses_a_row_bundle_only_for_the_same_weights(tmp_path, monkeypatc
     from deltadit.eval import run
 
     row = run.rows_for(PRESET, ("baseline",))[0]
-    out = run._bundle_for(row, PRESET, tmp_path, 1)
+    out = run.bundle_for(row, PRESET, tmp_path, 1)
     first = (out / "manifest.json").stat().st_mtime_ns
-    assert run._bundle_for(row, PRESET, tmp_path, 1) == out  # same plan, precision and weights: reused
+    assert run.bundle_for(row, PRESET, tmp_path, 1) == out  # same plan, precision and weights: reused
     assert (out / "manifest.json").stat().st_mtime_ns == first
 
     exported = []
     monkeypatch.setattr("deltadit.export.pipeline.export_bundle", lambda *a, **k: exported.append(a[2]))
     monkeypatch.setattr("deltadit.sources.weights_fingerprint", lambda source: "other weights")
-    run._bundle_for(row, PRESET, tmp_path, 1)  # the embedded weights changed since: export again
+    run.bundle_for(row, PRESET, tmp_path, 1)  # the embedded weights changed since: export again
     assert exported == [out]

@@ -1,0 +1,254 @@
+"""`deltadit tune`: search plans (and INT8) on a model, screen them, measure the shortlist, report the front.
+
+Stages, each a function with explicit arguments:
+  space    the grid's distinct plans within the MACs budget (deltadit.tune.space);
+  screen   every candidate on the PyTorch runtime against the uncached FP32 reference, same held-out
+           prompts and seeds (deltadit.tune.score); INT8 candidates on a fake-quantized twin calibrated
+           along the preset's plan (the export calibrates along each bundle's own plan);
+  measure  the shortlist (the front's cheapest candidates that reach ``min_psnr_db``) exported and timed
+           as whole loops on the chosen backend (median of ``latency_repeats``), with the uncached FP32
+           bundle as the reference;
+  report   table.md, pareto.png, results.json, and plan.json (DeltaPlan JSON) of the fastest measured
+           candidate that reaches the target, for `deltadit-export --plan plan.json [--int8]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from deltadit.errors import DeltaDiTError
+from deltadit.tune.pareto import Result, best_within, front, plot, table
+from deltadit.tune.space import Candidate, Grid, candidates, latency_prune
+
+
+def screen_all(preset, transformer, cands: list[Candidate], samples: int, calib_count: int, progress: bool,
+               ranked: dict | None = None):
+    """(Results of every candidate, the Screen, the fake-quantized model or None)."""
+    from deltadit.console import track
+    from deltadit.tune.score import Screen, animal_judge
+
+    screen = Screen(preset, transformer, samples, animal_judge(preset))
+    qmodel = fake_quant(preset, transformer, calib_count) if any(c.int8 for c in cands) else None
+    results = []
+    for c in track(cands, "screen", enabled=progress, unit="candidates"):
+        score, _ = screen.score(c.plan, qmodel if c.int8 else None)
+        results.append(Result(c, score))
+    return results, screen, qmodel
+
+
+def fake_quant(preset, transformer, calib_count: int, keep_fp: tuple[str, ...] = ()):
+    """The transformer fake-quantized as `deltadit-export --int8` would (calibrated on the preset's plan)."""
+    from deltadit.export.int8 import _conditioner, _model_prompts
+    from deltadit.export.quantize import Int8Options, calibration_conditions
+    from deltadit.tune.int8 import quantize_model
+
+    options = Int8Options(count=calib_count, keep_fp=keep_fp)
+    conditioner, root = _conditioner(preset.spec, preset, None, False)
+    conds = calibration_conditions(preset.spec, preset.transformer, calib_count, options.seed, preset.text_len,
+                                   conditioner, _model_prompts(root))
+    return quantize_model(transformer, preset, preset.plan(), options, conds)
+
+
+def int8_sensitivity(preset, transformer, qmodel, samples: int, target_psnr_db: float, progress: bool) -> dict:
+    """Rank the quantized Linears of ``qmodel`` (each alone quantized, on ``samples`` held-out images of the
+    uncached plan) and keep the most sensitive in FP32 until the INT8 images reach ``target_psnr_db`` to
+    the FP32 ones. Returns {"ranking": [...], "keep": [...], "target_psnr_db": ...}."""
+    from deltadit.tune.int8 import keep_until, sensitivity
+    from deltadit.tune.score import Screen, _reference_plan
+
+    screen = Screen(preset, transformer, samples)  # its reference: the FP32 uncached images
+    plan = _reference_plan(preset)
+
+    def generate(model):
+        return screen.images(plan, model)
+
+    ranking = sensitivity(qmodel, generate, screen.reference, progress)
+    rows = keep_until(qmodel, generate, screen.reference, ranking, target_psnr_db)
+    return {"ranking": [e.to_dict() for e in ranking], "keep": rows, "target_psnr_db": target_psnr_db,
+            "samples": samples, "method": "one layer quantized at a time, fake-quantized PyTorch model, uncached plan"}
+
+
+def sensitivity_table(report: dict, top: int = 12) -> str:
+    lines = [f"INT8 sensitivity ({report['method']}; {report['samples']} held-out images; PSNR to FP32):", "",
+             "| rank | layer | PSNR dB alone ↑ | share of block MACs |", "|---|---|---|---|"]
+    lines += [f"| {i + 1} | {e['layer']} | {e['psnr_db']:.1f} | {100 * e['macs_share']:.1f}% |"
+              for i, e in enumerate(report["ranking"][:top])]
+    lines += ["", f"Keeping the top k in FP32 (target {report['target_psnr_db']} dB):", "",
+              "| k | PSNR dB ↑ | MACs left FP32 |", "|---|---|---|"]
+    lines += [f"| {r['keep']} | {r['psnr_db']:.1f} | {100 * r['macs_kept']:.1f}% |" for r in report["keep"]]
+    return "\n".join(lines) + "\n"
+
+
+def measure(preset, results: list[Result], picks: list[Result], out: Path, backend: str, calib_count: int,
+            repeats: int, keep_fp: tuple[str, ...], progress: bool) -> list[Result]:
+    """``results`` with latency and speed-up filled in for ``picks`` (plus the uncached FP32 reference,
+    measured first): each exported (or reused) under out/bundles and timed as a whole loop."""
+    from deltadit.console import track
+
+    reference = next(r for r in results if "reference" in r.candidate.tags and not r.candidate.int8)
+    todo = [reference] + [p for p in picks if p is not reference]
+    timed: dict[int, float] = {}
+    for r in track(todo, "measure", enabled=progress, unit="bundles"):
+        timed[id(r)] = loop_seconds(preset, r.candidate, out / "bundles", backend, calib_count, repeats, keep_fp)
+    ref_s = timed[id(reference)]
+    return [dataclasses.replace(r, latency_s=timed[id(r)], speedup=ref_s / timed[id(r)]) if id(r) in timed else r
+            for r in results]
+
+
+def loop_seconds(preset, c: Candidate, root: Path, backend: str, calib_count: int, repeats: int,
+                 keep_fp: tuple[str, ...] = ()) -> float:
+    """Median wall time of one image's denoising loop (CFG batch) of the candidate's bundle on ``backend``."""
+    from deltadit.eval.run import Row, bundle_for, latency_ms
+    from deltadit.runtime import load
+    from deltadit.runtime.conditioning import TextConditioner, components_root
+
+    row = Row(c.name.replace(" ", "_").replace("=", ""), c.plan, c.int8)
+    path = bundle_for(row, preset, root, calib_count, keep_fp if c.int8 else ())
+    bundle = load(path, backend=backend) if backend != "onnxrt" else load(path)
+    root_dir, looked = components_root(preset.source)
+    return latency_ms(bundle, TextConditioner(root_dir, looked, preset.text_len), repeats) / 1e3
+
+
+def shortlist(results: list[Result], min_psnr_db: float, size: int) -> list[Result]:
+    """The front's (vs MACs) ``size`` cheapest results that reach ``min_psnr_db``, plus the cheapest of each
+    precision that reaches it (so an INT8 and an FP32 answer are both measured)."""
+    ok = [r for r in front(results) if r.score.psnr_db >= min_psnr_db and "reference" not in r.candidate.tags]
+    picks = ok[:size]
+    for int8 in (False, True):
+        best = best_within([r for r in results if r.candidate.int8 == int8], min_psnr_db)
+        if best is not None and best not in picks:
+            picks.append(best)
+    return picks
+
+
+def tune(preset, out: Path, grid: Grid = Grid(), budget: float | None = None, latency_budget: float | None = None,
+         backend: str = "onnxrt", samples: int = 10, size: int = 3, min_psnr_db: float = 30.0, calib_count: int = 4,
+         repeats: int = 3, keep_fp: tuple[str, ...] = (), sensitivity_samples: int = 0,
+         int8_target_psnr_db: float = 35.0, progress: bool = True) -> dict:
+    """Run the stages (see the module docstring); returns the report written to out/results.json.
+    sensitivity_samples: > 0 (with INT8 candidates) also ranks the INT8 layers (out/int8-sensitivity.md)."""
+    from deltadit.export.load import load_transformer
+
+    tic = time.perf_counter()
+    cands = candidates(preset, grid, budget)
+    if latency_budget is not None:  # pre-select by the MACs share of the measured reference loop
+        reference = next(c for c in cands if "reference" in c.tags and not c.int8)
+        ref_s = loop_seconds(preset, reference, out / "bundles", backend, calib_count, repeats)
+        # INT8's per-step speed-up over FP32 on ONNX Runtime CPU, as measured in the README (2.07-2.18x); the
+        # estimate only pre-selects, every shortlisted candidate is then timed.
+        cands = latency_prune(cands, ref_s, latency_budget, int8_speedup=2.0)
+    transformer = load_transformer(preset, None, False)
+    results, screen, qmodel = screen_all(preset, transformer, cands, samples, calib_count, progress)
+    if sensitivity_samples and qmodel is not None:
+        sens = int8_sensitivity(preset, transformer, qmodel, sensitivity_samples, int8_target_psnr_db, progress)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "int8-sensitivity.json").write_text(json.dumps(sens, indent=2))
+        (out / "int8-sensitivity.md").write_text(sensitivity_table(sens))
+    settings = dict(budget=budget, latency_budget=latency_budget, backend=backend, screen_samples=samples,
+                    seeds=list(screen.seeds), min_psnr_db=min_psnr_db, calib_count=calib_count, latency_repeats=repeats,
+                    keep_fp=list(keep_fp))
+    write_report(preset, out, results, None, settings)  # the screen alone, in case measuring fails
+    results = measure(preset, results, shortlist(results, min_psnr_db, size), out, backend, calib_count, repeats,
+                      keep_fp, progress)
+    measured = [r for r in results if r.latency_s is not None]
+    if latency_budget is not None:
+        measured = [r for r in measured if r.latency_s <= latency_budget]
+    chosen = best_within(measured, min_psnr_db, cost=lambda r: r.latency_s)
+    return write_report(preset, out, results, chosen, {**settings, "seconds": time.perf_counter() - tic})
+
+
+def write_report(preset, out: Path, results: list[Result], chosen: Result | None, settings: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    title = (f"{preset.name}: {len(results)} candidates screened on {settings['screen_samples']} held-out images "
+             f"(PyTorch, vs the uncached FP32 run at T={preset.steps}); latency: whole loops on {settings['backend']}, "
+             f"median of {settings['latency_repeats']}, shortlist only.")
+    (out / "table.md").write_text(table(results, title))
+    plot(results, out / "pareto.png", title)
+    report = {"model": preset.name, "settings": settings, "results": [r.to_dict() for r in results],
+              "chosen": None if chosen is None else chosen.to_dict()}
+    if chosen is not None:
+        (out / "plan.json").write_text(chosen.candidate.plan.to_json())
+        flags = " --int8" + (f" --int8-keep-fp {','.join(settings['keep_fp'])}" if settings["keep_fp"] else "") \
+            if chosen.candidate.int8 else ""
+        report["export_command"] = f"deltadit-export --model {preset.name} --plan {out / 'plan.json'}{flags}"
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def summary(report: dict, out: Path) -> str:
+    chosen = report["chosen"]
+    lines = [(out / "table.md").read_text()]
+    if chosen is None:
+        lines.append(f"no measured candidate reached {report['settings']['min_psnr_db']} dB PSNR to the reference; "
+                     "no plan.json written. Expected: a lower --min-psnr, a larger --budget, or more --shortlist.")
+    else:
+        lines.append(f"chosen: {chosen['name']}: {chosen['speedup']:.2f}x measured over the uncached FP32 bundle, "
+                     f"PSNR {chosen['psnr_db']:.1f} dB to it")
+        lines.append(f"export it: {report['export_command']}")
+    lines.append(f"wrote {out}/table.md, {out}/pareto.png, {out}/results.json" + (", plan.json" if chosen else ""))
+    return "\n".join(lines)
+
+
+def cmd_tune(args) -> int:
+    from deltadit.presets import load_preset
+
+    preset = load_preset(args.model)
+    grid = Grid(steps=args.steps_grid or tuple(sorted({preset.steps, *Grid().steps}, reverse=True)),
+                int8=(False, True) if args.int8 else (False,))
+    if args.budget is not None and args.latency_budget is not None:
+        raise DeltaDiTError("--budget | and --latency-budget both given. Expected: one of them.")
+    report = tune(preset, Path(args.out), grid, args.budget, args.latency_budget, args.backend, args.screen_samples,
+                  args.shortlist, args.min_psnr, args.calib_count, args.latency_repeats,
+                  tuple(g for g in args.int8_keep_fp.split(",") if g), args.int8_sensitivity, args.int8_target_psnr,
+                  progress=True)
+    print(summary(report, Path(args.out)))
+    return 0
+
+
+def _ints(name: str, value) -> tuple[int, ...]:
+    from deltadit import validate
+
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    return tuple(validate.integer(name, int(p) if p.isdigit() else p, 1, validate.MAX_STEPS) for p in parts) or \
+        validate.integer(name, value, 1, validate.MAX_STEPS)
+
+
+def add_parser(sub) -> None:
+    """Register `deltadit tune` on the main CLI's subparsers."""
+    from deltadit import validate
+    from deltadit.cli import flag
+
+    integer, real = validate.integer, validate.real
+    t = sub.add_parser("tune", help="search Δ-DiT plans (and INT8) against the uncached reference; Pareto table, "
+                                    "plot and a plan file for deltadit-export --plan")
+    t.add_argument("--model", default="animals", help="a preset, .toml or model folder (default: the embedded animals)")
+    t.add_argument("--budget", type=flag(validate.fraction, "--budget"),
+                   help="largest block-MACs fraction of the uncached run to search, in (0, 1]")
+    t.add_argument("--latency-budget", type=flag(real, "--latency-budget", 0.0, None, parse=float), metavar="S",
+                   help="largest loop time in seconds on --backend (candidates pre-selected by MACs, then measured)")
+    t.add_argument("--int8", action="store_true", help="also search INT8 (fake-quantized screen, INT8 bundles measured)")
+    t.add_argument("--int8-keep-fp", default="", metavar="LAYERS", help="Linear layers kept FP32 in INT8 candidates "
+                                                                        "(as deltadit-export --int8-keep-fp)")
+    t.add_argument("--int8-sensitivity", type=flag(integer, "--int8-sensitivity", 0, 1000, parse=int), default=0,
+                   metavar="SAMPLES", help="with --int8: rank every quantized Linear on this many held-out images "
+                                           "(one layer at a time) and find the FP32 keep-set (default 0: off)")
+    t.add_argument("--int8-target-psnr", type=flag(real, "--int8-target-psnr", 0.0, 100.0, parse=float), default=35.0,
+                   help="keep-set target: PSNR (dB) of the INT8 images to the FP32 ones (default 35)")
+    t.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt", help="where the shortlist is timed")
+    t.add_argument("--steps-grid", type=flag(_ints, "--steps-grid"),
+                   help="comma-separated step counts T to search (default: the preset's and 16, 12, 10... see Grid)")
+    t.add_argument("--screen-samples", type=flag(integer, "--screen-samples", 2, 1000, parse=int), default=10,
+                   help="held-out images per candidate in the screen (default 10: one per animal prompt)")
+    t.add_argument("--shortlist", type=flag(integer, "--shortlist", 1, 50, parse=int), default=3,
+                   help="front candidates exported and timed (default 3, plus the best of each precision)")
+    t.add_argument("--min-psnr", type=flag(real, "--min-psnr", 0.0, 100.0, parse=float), default=30.0,
+                   help="quality target: PSNR (dB) to the uncached reference's images (default 30)")
+    t.add_argument("--calib-count", type=flag(integer, "--calib-count", 1, validate.MAX_CALIB_COUNT, parse=int), default=4)
+    t.add_argument("--latency-repeats", type=flag(integer, "--latency-repeats", 1, validate.MAX_REPEATS, parse=int),
+                   default=3)
+    t.add_argument("--out", type=flag(lambda name, value: str(validate.output_folder(name, value)), "--out"),
+                   default="tune/animals", help="folder for table.md, pareto.png, results.json, plan.json, bundles/")
+    t.set_defaults(func=lambda a: cmd_tune(a))

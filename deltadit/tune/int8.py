@@ -1,0 +1,132 @@
+"""INT8 for `deltadit tune`: a fake-quantized twin of the transformer (ModelOpt, the export's own
+recipe and calibration loop), per-layer sensitivity, and the smallest FP32 keep-set that meets a target.
+
+Sensitivity is measured on the fake-quantized PyTorch model (not the exported graph: the export's
+INT8-vs-fake-quant check holds them within ~1e-3), **one layer at a time**: every quantizer off except
+that layer's, one held-out generation, its error against the full-precision images of the same plan.
+The ranking is the order in which layers are kept in floating point (export: ``--int8-keep-fp``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """One Linear layer's error when it alone is quantized: PSNR (dB) of the held-out images against
+    the full-precision ones (lower = more sensitive) and its share of the blocks' Linear MACs."""
+
+    name: str
+    psnr_db: float
+    macs_share: float
+
+    def to_dict(self) -> dict:
+        return {"layer": self.name, "psnr_db": self.psnr_db, "macs_share": self.macs_share}
+
+
+def quantize_model(transformer, preset, plan, options, conditions: list[tuple[dict, dict]]):
+    """A deep copy of ``transformer`` whose block Linears are fake-quantized by the export's recipe
+    (:func:`deltadit.export.quantize.quantize_groups`, spec keep-globs and ``options.keep_fp`` honoured),
+    calibrated by running ``plan`` over ``conditions`` (one generation each, seeds options.seed + i)."""
+    from deltadit.export.quantize import keep_fp_patterns, quantize_groups
+    from deltadit.models import split
+    from deltadit.runtime.executor import DeltaDiTExecutor
+    from deltadit.runtime.runners.torch import TorchRunner
+    from deltadit.runtime.sampling import from_preset, sample
+
+    q = copy.deepcopy(transformer)
+    side, patch = preset.latent_side, preset.spec.token_side(preset.transformer)
+    s = split(q, plan.groups, (side // patch, side // patch))
+    groups = {seg.name: s.modules[seg.name] for seg in s.segments if seg.kind == "group"}
+    executor = DeltaDiTExecutor(plan, s.segments, TorchRunner(s))
+
+    def forward_loop():
+        for i, (cond, uncond) in enumerate(conditions):
+            sample(executor, s.spec, s.config, from_preset(preset), cond, uncond, options.seed + i)
+
+    keep = preset.spec.int8_keep_fp + keep_fp_patterns(groups, q, options.keep_fp)
+    quantize_groups(groups, options, keep, forward_loop)
+    return q.eval()
+
+
+def quantized_linears(model) -> dict[str, object]:
+    """{module name: Linear} of the layers whose weight and input quantizers are on."""
+    out = {}
+    for name, m in model.named_modules():
+        wq, iq = getattr(m, "weight_quantizer", None), getattr(m, "input_quantizer", None)
+        if wq is not None and iq is not None and wq.is_enabled and iq.is_enabled:
+            out[name] = m
+    return out
+
+
+def _set(layers: dict, on: set[str]) -> None:
+    for name, m in layers.items():
+        for q in (m.weight_quantizer, m.input_quantizer):
+            q.enable() if name in on else q.disable()
+
+
+def _psnr(images: np.ndarray, reference: np.ndarray) -> float:
+    from deltadit.eval.run import psnr
+
+    return psnr(images, reference)
+
+
+def linear_macs(model, run: Callable[[], object], layers: dict) -> dict[str, int]:
+    """MACs of each of ``layers`` during ``run()`` (rows x in x out, counted by forward hooks)."""
+    counts = dict.fromkeys(layers, 0)
+    hooks = [m.register_forward_hook(lambda mod, inp, out, _n=n: counts.__setitem__(
+        _n, counts[_n] + inp[0].numel() // mod.in_features * mod.in_features * mod.out_features))
+        for n, m in layers.items()]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def sensitivity(qmodel, generate: Callable[[object], np.ndarray], reference: np.ndarray,
+                progress: bool = False) -> list[LayerError]:
+    """Every quantized Linear of ``qmodel`` alone quantized (the others FP), most sensitive first.
+    generate(model) -> held-out images; reference: the same images in full precision."""
+    from deltadit.console import track
+
+    layers = quantized_linears(qmodel)
+    macs = linear_macs(qmodel, lambda: generate(qmodel), layers)
+    total = max(1, sum(macs.values()))
+    out = []
+    try:
+        for name in track(list(layers), "int8 sensitivity", enabled=progress, unit="layers"):
+            _set(layers, {name})
+            out.append(LayerError(name, _psnr(generate(qmodel), reference), macs[name] / total))
+    finally:
+        _set(layers, set(layers))
+    return sorted(out, key=lambda e: (e.psnr_db, e.name))
+
+
+def keep_until(qmodel, generate: Callable[[object], np.ndarray], reference: np.ndarray, ranking: list[LayerError],
+               target_psnr_db: float, sizes: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32)) -> list[dict]:
+    """Keep the top-k of ``ranking`` in FP (the rest INT8) for k in ``sizes`` until the held-out PSNR to
+    the full-precision images reaches ``target_psnr_db``; one row per k tried: {keep, layers, psnr_db,
+    macs_kept}. The last row is the answer (or the largest k tried, when none met the target)."""
+    layers = quantized_linears(qmodel)
+    rows = []
+    try:
+        for k in sizes:
+            if k > len(ranking):
+                break
+            kept = [e.name for e in ranking[:k]]
+            _set(layers, set(layers) - set(kept))
+            value = _psnr(generate(qmodel), reference)
+            rows.append({"keep": k, "layers": kept, "psnr_db": value,
+                         "macs_kept": float(sum(e.macs_share for e in ranking[:k]))})
+            if value >= target_psnr_db:
+                break
+    finally:
+        _set(layers, set(layers))
+    return rows

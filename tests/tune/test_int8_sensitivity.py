@@ -1,0 +1,85 @@
+"""INT8 per-layer sensitivity on a tiny PixArt with one deliberately sensitive layer, and the keep-set that
+export/quantize.py honours (--int8-keep-fp)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("modelopt.torch.quantization")
+
+from deltadit.errors import DeltaDiTError
+from deltadit.export.quantize import Int8Options
+from deltadit.models import split
+from deltadit.plan import build_plan
+from deltadit.runtime.executor import DeltaDiTExecutor
+from deltadit.runtime.runners.torch import TorchRunner
+from deltadit.runtime.sampling import from_preset, sample
+from deltadit.tune.int8 import keep_until, quantize_model, quantized_linears, sensitivity
+from tests.conftest import PIXART_TINY, build_pixart
+from tests.export.test_bundle import conditions, tiny_preset
+
+BLOCKS = 2
+PRESET = tiny_preset("pixart").with_overrides(steps=3, b=1, nc=1, transformer={**PIXART_TINY, "num_layers": BLOCKS})
+PLAN = build_plan(3, BLOCKS, 0, 0, 1, "none")
+PLANTED = "transformer_blocks.1.ff.net.2"
+OPTIONS = Int8Options(count=2, weight_bits=8)
+
+
+def planted_model():
+    """Channel 0 of block 1's feed-forward hidden layer scaled by 1000 and its output column divided back:
+    the float function barely changes, but ff.net.2's per-tensor input quantizer now spans a 1000x outlier
+    and rounds every other channel to zero (the activation-outlier failure SmoothQuant addresses)."""
+    model = build_pixart(num_layers=BLOCKS)
+    ff = model.transformer_blocks[1].ff.net
+    with torch.no_grad():
+        ff[0].proj.weight[0] *= 1000
+        ff[0].proj.bias[0] *= 1000
+        ff[2].weight[:, 0] /= 1000
+    return model
+
+
+def generate(model) -> np.ndarray:
+    cond, uncond = conditions("pixart")
+    s = split(model, PLAN.groups)
+    x = sample(DeltaDiTExecutor(PLAN, s.segments, TorchRunner(s)), s.spec, s.config, from_preset(PRESET), cond, uncond, [5])
+    return (x / 2 + 0.5).clamp(0, 1).numpy()
+
+
+pytestmark = pytest.mark.slow  # ModelOpt fake quantization: ~1 s per generation even on this tiny model
+
+
+@pytest.fixture(scope="module")
+def planted():
+    fp = planted_model()
+    conds = [conditions("pixart")] * 2
+    return fp, quantize_model(fp, PRESET, PLAN, OPTIONS, conds), generate(fp)
+
+
+def test_the_planted_layer_ranks_first_and_keeping_it_fixes_most_of_the_error(planted):
+    fp, q, reference = planted
+    ranking = sensitivity(q, generate, reference)
+    assert len(ranking) == 10 * BLOCKS  # each block's 10 Linears, each quantized alone
+    assert ranking[0].name == PLANTED, ranking[:3]
+    assert ranking[0].psnr_db < ranking[1].psnr_db - 10, ranking[:2]  # far ahead of the next, not a near tie
+    assert len(quantized_linears(q)) == 10 * BLOCKS  # every quantizer is back on afterwards
+    rows = keep_until(q, generate, reference, ranking, target_psnr_db=float("inf"), sizes=(0, 1))
+    assert [r["keep"] for r in rows] == [0, 1] and rows[1]["layers"] == [PLANTED]
+    assert rows[1]["psnr_db"] > rows[0]["psnr_db"] + 6  # measured +9.4 dB (20.3 -> 29.7)
+
+
+def test_keep_fp_option_leaves_the_named_layer_in_float(planted):
+    fp, _, _ = planted
+    q = quantize_model(fp, PRESET, PLAN, dataclasses.replace(OPTIONS, keep_fp=(PLANTED, "*.0.attn2.to_*")),
+                       [conditions("pixart")])
+    names = set(quantized_linears(q))
+    assert PLANTED not in names and not any(n.startswith("transformer_blocks.0.attn2.to_") for n in names)
+    assert len(names) == 10 * BLOCKS - 1 - 4  # to_q, to_k, to_v and to_out.0 of block 0's cross-attention
+
+
+def test_keep_fp_naming_no_layer_is_refused(planted):
+    fp, _, _ = planted
+    with pytest.raises(DeltaDiTError, match=r"--int8-keep-fp \| transformer_blocks\.99\.ff names no Linear layer"):
+        quantize_model(fp, PRESET, PLAN, dataclasses.replace(OPTIONS, keep_fp=("transformer_blocks.99.ff",)),
+                       [conditions("pixart")])
