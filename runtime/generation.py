@@ -6,6 +6,8 @@ does not hold comes from the model's diffusers pipeline components on local disk
 - PixArt-α: the T5 tokenizer and text encoder (``tokenizer/``, ``text_encoder/``) and the VAE (``vae/``),
   with the pipeline's own preprocessing (lower-cased, stripped; the pipeline's optional caption cleaning
   needs bs4 + ftfy and is not applied), padded to the bundle's caption length; the negative prompt is "".
+  A bundle exported with ``--text-encoder`` holds its tokenizer and encoder (runtime/text_encoder.py):
+  then only the VAE comes from the folder (none for a pixel-space model such as ``animals``).
 - DiT: class labels (null class = ``num_embeds_ada_norm``) and the VAE.
 
 Initial noise and decoding follow diffusers' PixArtAlphaPipeline / DiTPipeline, so a bundle run with
@@ -17,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,13 +37,17 @@ class Generation:
     cached: bool = True
     random_init: bool = False
 
+    def pixels(self) -> np.ndarray:
+        """The image as 8-bit pixels (H, W, C) uint8: what :meth:`save` writes and ``deltadit serve`` returns."""
+        return (np.clip(self.image, 0, 1) * 255).round().astype(np.uint8)
+
     def save(self, path: str | Path) -> Path:
         """Write the image as PNG (8-bit)."""
         from PIL import Image
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = (np.clip(self.image, 0, 1) * 255).round().astype(np.uint8)
+        pixels = self.pixels()
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
         return path
 
@@ -96,14 +103,31 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     a pipeline whose weights differ from those the bundle was exported from. conditioner / decoder:
     already loaded components. Raises DeltaDiTError for bad arguments and for non-finite results (no
     image is made from them)."""
+    return generate_batch(bundle, [(prompt, class_label, seed)], cache=cache, pipeline=pipeline,
+                          guidance_scale=guidance_scale, progress=progress, conditioner=conditioner, decoder=decoder,
+                          allow_other_weights=allow_other_weights)[0]
+
+
+def generate_batch(bundle, items: Sequence[tuple[str | None, int | None, int]], *, cache: bool = True,
+                   pipeline: str | Path | None = None, guidance_scale: float | None = None, progress: bool = False,
+                   conditioner=None, decoder=None, allow_other_weights: bool = False) -> list[Generation]:
+    """One image per (prompt, class_label, seed) in ``items``, all from ONE denoising loop of batch
+    len(items) (CFG batch 2 * len(items)): they share the plan, ``cache`` and the guidance scale. Image k
+    equals ``generate`` with items[k] (per-image generators draw the same noise; a row of a batched
+    ONNX Runtime matmul is computed as the single row is). At most :func:`max_images` items. Other
+    arguments as for :func:`generate`."""
     import torch
 
     from deltadit.console import track
     from deltadit.runtime.sampling import from_manifest, sample
 
     manifest, spec, config = bundle.manifest, bundle.spec, bundle.config
-    key = _condition_key(spec, prompt, class_label)
-    seed = validate.seed(seed)
+    if not 1 <= len(items) <= max_images(bundle):
+        raise DeltaDiTError(f"generate | {len(items)} images in one batch; the bundle takes 1 to {max_images(bundle)} "
+                            f"(max_batch {manifest.export.max_batch}). Expected: fewer images, or re-export with a "
+                            "larger --max-batch.")
+    keys = [_condition_key(spec, prompt, class_label) for prompt, class_label, _ in items]
+    seeds = [validate.seed(seed) for _, _, seed in items]
     sampling = manifest.sampling
     scale = sampling.guidance_scale if guidance_scale is None else validate.real(
         "--guidance-scale", guidance_scale, 0, validate.MAX_GUIDANCE)
@@ -113,14 +137,15 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
     seconds = {}
     tic = time.perf_counter()
     conditioner, decoder = load_components(bundle, pipeline, allow_other_weights, conditioner, decoder)
-    cond, uncond = conditioner(key)
+    cond, uncond = _stack([conditioner(key) for key in keys])
     seconds["load+encode"] = time.perf_counter() - tic
 
     executor = bundle.executor() if cache else bundle.uncached()
     steps = iter(track(range(bundle.plan.num_steps), "denoise", enabled=progress, unit="steps"))
     tic = time.perf_counter()
-    latents = sample(executor, spec, config, from_manifest(manifest), cond, uncond, seed, guidance_scale=scale,
-                     device=getattr(bundle.runner, "device", "cpu"), callback=lambda *a: next(steps, None))
+    latents = sample(executor, spec, config, from_manifest(manifest), cond, uncond, seeds, guidance_scale=scale,
+                     device=getattr(bundle.runner, "device", "cpu"),
+                     callback=lambda *a: next(steps, None)).cpu()
     next(steps, None)  # let the progress display finish
     seconds["denoise"] = time.perf_counter() - tic
     if not bool(torch.isfinite(latents).all()):
@@ -129,10 +154,26 @@ def generate(bundle, prompt: str | None = None, class_label: int | None = None, 
             f"guidance scale {scale} and scheduler {sampling.scheduler}: no image was written. Expected: a bundle "
             "whose check passes (deltadit check BUNDLE) and a moderate --guidance-scale; re-export if it persists.")
     tic = time.perf_counter()
-    image = decoder(spec.unpack(latents.cpu(), manifest.export.latent_side))
+    images = [decoder(spec.unpack(latents[k:k + 1], manifest.export.latent_side)) for k in range(len(items))]
     seconds["decode"] = time.perf_counter() - tic
-    return Generation(image=image, latents=latents.cpu(), seconds=seconds, cached=cache,
-                      random_init=manifest.model.random_init)
+    return [Generation(image=image, latents=latents[k:k + 1], seconds=seconds, cached=cache,
+                       random_init=manifest.model.random_init) for k, image in enumerate(images)]
+
+
+def max_images(bundle) -> int:
+    """Most images one denoising loop of ``bundle`` takes: its max batch over the rows per image (2 with CFG)."""
+    ex = bundle.manifest.export
+    return max(1, ex.max_batch // ex.opt_batch)
+
+
+def _stack(conditions: list[tuple[dict, dict | None]]) -> tuple[dict, dict | None]:
+    """(cond, uncond) of one image each -> one row per image."""
+    import torch
+
+    def cat(dicts):
+        return None if dicts[0] is None else {k: torch.cat([d[k] for d in dicts]) for k in dicts[0]}
+
+    return cat([c for c, _ in conditions]), cat([u for _, u in conditions])
 
 
 def _condition_key(spec, prompt, class_label):
@@ -157,6 +198,10 @@ def load_components(bundle, pipeline=None, allow_other_weights: bool = False, co
         return bundle_components_root(bundle, pipeline, allow_other_weights)
 
     def load_conditioner():
+        if m.text_encoder is not None:  # the bundle's own (deltadit-export --text-encoder): no folder needed
+            from deltadit.runtime.text_encoder import bundle_conditioner
+
+            return bundle_conditioner(bundle)
         where = root() if NEEDS_FOLDER.get(spec.conditioning, True) else (None, [])
         return make_conditioner(spec.conditioning, *where, m.export.text_len, bundle.config)
 

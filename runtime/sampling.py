@@ -39,8 +39,9 @@ def from_preset(preset) -> Sampling:
 
 
 def initial_latents(spec: ModelSpec, config: dict, setup: Sampling, seeds: Sequence[int] | int):
-    """(scheduler set for setup.steps, noise for one image per seed in the transformer's layout), drawn
-    as the model's pipeline draws it (one generator per image, randn_tensor, init_noise_sigma, packing)."""
+    """(scheduler set for setup.steps, noise for one image per seed in the transformer's layout, the
+    generator(s) for the scheduler's step), drawn as the model's pipeline draws it (one generator per
+    image, randn_tensor, init_noise_sigma, packing)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     from deltadit.runtime.loop import make_scheduler_checked
@@ -50,8 +51,11 @@ def initial_latents(spec: ModelSpec, config: dict, setup: Sampling, seeds: Seque
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     shape = (len(seeds), *spec.noise_shape(config, setup.latent_side))
-    noise = randn_tensor(shape, generator=generators if len(seeds) > 1 else generators[0], dtype=torch.float32)
-    return scheduler, spec.pack(noise * getattr(scheduler, "init_noise_sigma", 1.0)), generators[0]
+    # One generator per image, also for a stochastic scheduler's step noise: image k of a batch gets
+    # exactly the noise a single generation with seeds[k] gets.
+    generator = generators if len(seeds) > 1 else generators[0]
+    noise = randn_tensor(shape, generator=generator, dtype=torch.float32)
+    return scheduler, spec.pack(noise * getattr(scheduler, "init_noise_sigma", 1.0)), generator
 
 
 def sample(executor, spec: ModelSpec, config: dict, setup: Sampling, cond: dict, uncond: dict | None,
