@@ -47,6 +47,15 @@ def _png(name: str, value) -> str:
     return str(validate.output_png(name, value))
 
 
+def _samples(name: str, value) -> int:
+    from deltadit.eval.run import MAX_PER_CLASS
+
+    n = validate.integer(name, int(value) if str(value).isdigit() else value, 10, 10 * MAX_PER_CLASS)
+    if n % 10:
+        raise DeltaDiTError(f"{name} | {n} is not a multiple of the 10 class prompts. Expected: e.g. {n - n % 10 or 10}.")
+    return n
+
+
 def _choices(options: tuple[str, ...]) -> Callable:
     def check(name: str, value: str) -> str:
         unknown = [r for r in (x.strip() for x in value.split(",")) if r and r not in options]
@@ -76,18 +85,58 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=VARIANTS, help="delta-dit (paper), opposite, shallow, middle, deep, none")
     p.add_argument("--budget", type=flag(validate.fraction, "--budget"),
                    help="choose N and N_c for this fraction of the uncached MACs, in (0, 1] (paper Eq. 6-7)")
+    p.add_argument("--plan", dest="plan_file", metavar="FILE",
+                   help="a plan JSON file (as `deltadit tune` writes it, or `deltadit plan --json`'s output) instead "
+                        "of the plan flags; it must fit the model")
 
 
 def plan_from_args(args):
-    """(preset, plan) from parsed plan flags."""
+    """(preset, plan) from parsed plan flags, or from the --plan file (the preset then takes its steps)."""
     from deltadit.presets import load_preset
 
+    if getattr(args, "plan_file", None):
+        given = [f for f in ("steps", "b", "nc", "interval", "variant", "budget") if getattr(args, f) is not None]
+        if given:
+            raise DeltaDiTError(f"--plan | the file is the whole plan; --{', --'.join(given)} would contradict it. "
+                                "Expected: --plan FILE without the other plan flags.")
+        preset = load_preset(args.model)
+        plan = plan_from_file(args.plan_file, preset)
+        return preset.with_overrides(steps=plan.num_steps, b=plan.b, nc=plan.n_c, interval=plan.interval,
+                                     variant=plan.variant), plan
     preset = load_preset(args.model).with_overrides(
         steps=args.steps, b=args.b, nc=args.nc, interval=args.interval, variant=args.variant
     )
     if args.budget is not None and (args.nc is not None or args.interval is not None):
         raise DeltaDiTError("--budget | chooses N and N_c itself. Expected: --budget without --nc / --interval.")
     return preset, preset.plan(args.budget)
+
+
+def plan_from_file(path, preset):
+    """The DeltaPlan stored in ``path`` (DeltaPlan.to_json, or `deltadit plan --json`'s object with a "plan"
+    key), refused in one line unless it was built for ``preset``'s block count and stage cuts."""
+    from pathlib import Path
+
+    from deltadit.plan import DeltaPlan
+
+    path, how = Path(path), "Expected: a plan file written by `deltadit tune` or `deltadit plan --json`."
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeltaDiTError(f"--plan | {path} does not exist. {how}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DeltaDiTError(f"--plan | {path} is not readable JSON ({type(e).__name__}). {how}") from None
+    if isinstance(d, dict) and "plan" in d and "steps" not in d:
+        d = d["plan"]
+    try:
+        plan = DeltaPlan.from_dict(d)
+    except DeltaDiTError as e:
+        raise DeltaDiTError(f"--plan {path} | {e}") from None
+    cuts = tuple(preset.spec.stage_cuts(preset.transformer))
+    if plan.num_blocks != preset.num_blocks or tuple(plan.cuts) != cuts:
+        raise DeltaDiTError(f"--plan | {path} is a plan for {plan.num_blocks} blocks (stage cuts {list(plan.cuts)}), but "
+                            f"model '{preset.name}' has {preset.num_blocks} (stage cuts {list(cuts)}). Expected: a plan "
+                            f"made for this model, e.g. by `deltadit tune --model {preset.name}`.")
+    return plan
 
 
 def _per_block(block_macs) -> str:
@@ -219,8 +268,10 @@ def cmd_eval(args) -> int:
 
     preset = load_preset(args.model)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    report = evaluate(preset, Path(args.out), rows, per_class=args.per_class, seed=args.seed,
-                      calib_count=args.calib_count, latency_repeats=args.latency_repeats)
+    per_class = args.per_class if args.samples is None else args.samples // 10
+    report = evaluate(preset, Path(args.out), rows, per_class=per_class, seed=args.seed,
+                      calib_count=args.calib_count, latency_repeats=args.latency_repeats,
+                      bootstrap_rounds=args.bootstrap_rounds)
     print(format_table(report))
     print(f"wrote {args.out}/results.json, {args.out}/table.md, {args.out}/grids/")
     return 0
@@ -295,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated rows (default all: {','.join(ROWS)})")
     e.add_argument("--per-class", type=flag(integer, "--per-class", 1, MAX_PER_CLASS, parse=int), default=20,
                    help=f"images per class prompt and row, in [1, {MAX_PER_CLASS}] (default 20 -> 200 per row)")
+    e.add_argument("--samples", type=flag(_samples, "--samples"),
+                   help="images per row, a multiple of the 10 classes (instead of --per-class; e.g. 1000)")
+    e.add_argument("--bootstrap-rounds", type=flag(integer, "--bootstrap-rounds", 10, 10_000, parse=int), default=200,
+                   help="bootstrap resamples behind each FID / accuracy 95%% interval, in [10, 10000] (default 200)")
     e.add_argument("--seed", type=flag(integer, "--seed", 0, validate.SEED_MAX, parse=int), default=0)
     e.add_argument("--calib-count", type=flag(integer, "--calib-count", 1, validate.MAX_CALIB_COUNT, parse=int), default=4,
                    help=f"INT8 calibration generations, in [1, {validate.MAX_CALIB_COUNT}] (default 4)")
@@ -303,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=flag(lambda name, value: str(validate.output_folder(name, value)), "--out"),
                    default="eval/animals", help="folder for bundles, results.json, table.md, grids/")
     e.set_defaults(func=cmd_eval)
+    from deltadit.tune.cli import add_parser as add_tune
+
+    add_tune(sub)
+    from deltadit.serve.cli import add_commands
+
+    add_commands(sub)  # serve, triton-repo (Triton needs the [serve] extra only when they run)
     for command in sub.choices.values():
         add_global_args(command, default=argparse.SUPPRESS)
     return parser

@@ -14,6 +14,7 @@ from typing import Any
 
 from deltadit.errors import DeltaDiTError
 from deltadit.jsonfields import Fields, bad, check_relative_path, kind
+from deltadit.manifest_text_encoder import TextEncoderEntry, parse_text_encoder
 from deltadit.plan import DeltaPlan
 from deltadit.validate import (MAX_BATCH, MAX_BLOCKS, MAX_GUIDANCE, MAX_LATENT_SIDE, MAX_RESOLUTION, MAX_STEPS,
                                MAX_TEXT_LEN, MAX_TRAIN_TIMESTEPS)
@@ -145,6 +146,7 @@ class Manifest:
     versions: dict
     int8: dict | None = None
     int8_weight_bits: int | None = None  # 8, or 7 (codes within +-64; see deltadit.runtime.cpu)
+    text_encoder: TextEncoderEntry | None = None  # exported with --text-encoder (runtime/cpp/TEXT_ENCODER.md)
 
     def segment(self, name: str) -> SegmentEntry:
         for s in self.segments:
@@ -156,6 +158,7 @@ class Manifest:
     def files(self) -> list[tuple[str, FileEntry]]:
         """Every hashed file with the segment that owns it."""
         out = [(s.name, f) for s in self.segments for f in s.files]
+        out += [(self.text_encoder.name, f) for f in self.text_encoder.all_files()] if self.text_encoder else []
         return out + [(name, f) for name, f in self.engines.files.items()]
 
     @classmethod
@@ -189,7 +192,8 @@ def _parse(m: Fields) -> Manifest:
         options = Fields(int8, "int8").obj("options", optional=True)
         bits = (options.int("weight_bits", 7, 8, optional=True) if options is not None else None) or 8
     return Manifest(version, model, m.str("precision", PRECISIONS), export, sampling, driver, plan, segments, engines,
-                    versions, int8, bits)
+                    versions, int8, bits, parse_text_encoder(m.obj("text_encoder", optional=True), export.text_len,
+                                                             segments[0]))
 
 
 def _check_against_spec(model: ModelInfo, export: ExportInfo, sampling: Sampling, driver: Driver, plan: DeltaPlan):

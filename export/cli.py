@@ -25,7 +25,8 @@ from deltadit.errors import DeltaDiTError
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="deltadit-export", description="Export a DiT with its Δ-DiT plan as an ONNX bundle.")
     add_plan_args(p)
-    p.add_argument("--out", help="bundle folder to write (default bundles/MODEL, bundles/MODEL-int8 with --int8)")
+    p.add_argument("--out", help="bundle folder to write (default bundles/MODEL, bundles/MODEL-int8 with --int8, "
+                                 "bundles/MODEL-fp16 with --precision fp16)")
     p.add_argument("--weights", help="local diffusers model folder or a hub id already in the local cache (default: the preset's source)")
     p.add_argument("--random-init", action="store_true", help="seeded random weights (speed work only; marked in the manifest)")
     p.add_argument("--seed", type=int, default=0)
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where TensorRT is available")
     p.add_argument("--no-fused-attention", action="store_true",
                    help="do not write the ONNX Runtime fused-attention graphs (<group>.ort.onnx)")
+    p.add_argument("--text-encoder", action="store_true",
+                   help="also put the T5 caption encoder (FP32 ONNX) and its tokenizer in the bundle, so `deltadit generate` "
+                        "encodes prompts without --pipeline (PixArt-α / Σ, animals; PixArt's VAE still comes from --pipeline)")
+    p.add_argument("--precision", default="fp32",  # checked by check_values, like the other values
+                   help="fp32 (default), or fp16: block groups in float16 for the CUDA / TensorRT execution providers "
+                        "(inputs and outputs stay float32; slower on CPUs)")
     p.add_argument("--force", action="store_true",
                    help="replace --out when it is already a deltadit bundle (a folder that is not one is never replaced)")
     p.add_argument("--verbose", action="store_true", help="show third-party warnings and notices (torch, diffusers, "
@@ -48,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-count", type=int, default=4, help="calibration generations, one prompt / class each (default 4)")
     q.add_argument("--calib-prompts", help="text file, one calibration prompt per line (PixArt)")
     q.add_argument("--int8-min-sqnr", type=float, default=15.0, help="fail when a group's held-out SQNR is lower (dB, default 15)")
+    q.add_argument("--int8-keep-fp", default="", metavar="LAYERS",
+                   help="comma-separated transformer module names or globs whose Linear layers stay FP32 (e.g. the most "
+                        "sensitive ones `deltadit tune --int8` ranks: transformer_blocks.3.ff.net.2)")
     q.add_argument("--int8-weight-bits", default="auto", choices=("auto", "7", "8"),
                    help="8-bit weights, or 7 for x86 CPUs without VNNI whose ONNX Runtime int8 kernel saturates on "
                         "8-bit weights (auto: 7 on such a CPU, else 8; choose 8 for VNNI / AMX CPUs and GPUs)")
@@ -83,7 +93,8 @@ def int8_options(args):
 
     bits = default_weight_bits() if args.int8_weight_bits == "auto" else int(args.int8_weight_bits)
     return Int8Options(calibration=args.calibration, percentile=args.percentile, alpha=args.smoothquant_alpha,
-                       count=args.calib_count, seed=args.seed, min_sqnr_db=args.int8_min_sqnr, weight_bits=bits)
+                       count=args.calib_count, seed=args.seed, min_sqnr_db=args.int8_min_sqnr, weight_bits=bits,
+                       keep_fp=tuple(g.strip() for g in args.int8_keep_fp.split(",") if g.strip()))
 
 
 def ready_int8(args, options):
@@ -114,13 +125,15 @@ def run(args):
     options = int8_options(args)
     # every export value at once, each problem one line (with_overrides then re-checks the preset)
     check_values(dataclasses.replace(preset, resolution=args.resolution or preset.resolution), seed=args.seed,
-                 opset=args.opset, max_batch=args.max_batch, int8=options)
+                 opset=args.opset, max_batch=args.max_batch, int8=options, precision=args.precision,
+                 int8_requested=args.int8)
     preset = preset.with_overrides(resolution=args.resolution)
     int8 = ready_int8(args, options)
-    out = Path(args.out or f"bundles/{preset.name}{'-int8' if args.int8 else ''}")
+    out = Path(args.out or f"bundles/{preset.name}{'-int8' if args.int8 else ''}{'-fp16' if args.precision == 'fp16' else ''}")
     report = export_bundle(preset, plan, out, weights=args.weights, random_init=args.random_init,
                            seed=args.seed, opset=args.opset, max_batch=args.max_batch, int8=int8,
-                           build_engines=not args.no_engines, fuse=not args.no_fused_attention, force=args.force)
+                           build_engines=not args.no_engines, fuse=not args.no_fused_attention, force=args.force,
+                           text_encoder=args.text_encoder, precision=args.precision)
     return preset, plan, int8, report
 
 
@@ -168,6 +181,10 @@ def print_summary(args, preset, plan, int8, report, seconds: float) -> None:
         size = sum(f.stat().st_size for f in (report.bundle / "onnx").glob(f"{name}.onnx*"))
         print(f"  {name:<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {worst['rel']:.1e}"
               + (f"   ONNX Runtime graph: {fused[name]} attention(s) fused" if name in fused else ""))
+    if te := manifest.text_encoder:
+        size = sum((report.bundle / f.path).stat().st_size for f in te.files)
+        print(f"  {'text_encoder':<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {te.check['rel']:.1e}   "
+              f"(+ {te.tokenizer.path}; {te.max_length} tokens)")
     from deltadit.costs import format_macs, plan_costs
 
     costs = plan_costs(plan, preset.block_macs(), preset.cfg_batch)

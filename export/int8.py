@@ -1,7 +1,8 @@
 """The INT8 stages of the export: calibrate (before ONNX) and guard (after the ONNX Runtime check).
 
-calibrate: record a held-out FP generation (inputs of every group, final latents), then quantize
-copies of the groups with ModelOpt while the denoising loop runs the plan over the calibration set.
+calibrate: record a held-out FP generation (inputs and FP outputs of every group, final latents), then
+quantize the groups in place with ModelOpt while the denoising loop runs the plan over the calibration
+set. Nothing keeps an FP copy of the model (at 28 PixArt-α blocks the copy was ~2.2 GB of RSS).
 guard: per quantized group, SQNR / relative error of the shipped INT8 ONNX on the held-out inputs,
 measured on the change the group makes; which MatMuls ONNX Runtime runs as INT8 kernels; and the final
 latents of the held-out generation on the exported bundle against the FP ones.
@@ -9,13 +10,12 @@ latents of the held-out generation on the exported bundle against the FP ones.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
-from deltadit.export.quantize import (GroupRecorder, calibration_conditions, group_quality, kept_fp_layers,
-                                      quantize_groups, sqnr)
+from deltadit.export.quantize import (GroupRecorder, calibration_conditions, group_quality, keep_fp_patterns,
+                                      kept_fp_layers, quantize_groups, sqnr)
 
 HOLDOUT_SEED_OFFSET = 1000  # the held-out generation's noise seed, apart from the calibration seeds
 
@@ -50,9 +50,10 @@ def run_generation(executor, spec, config, preset, cond, uncond, seed):
 
 
 def calibrate(transformer, fp_split, plan, preset, options, weights, random_init, progress):
-    """Returns (quantized group modules by name, manifest info, held-out data for :func:`guard`)."""
+    """Quantizes the groups of ``fp_split`` (a split of ``transformer``) in place. Returns (the quantized
+    group modules by name, manifest info, held-out data for :func:`guard`: group inputs, the FP groups'
+    outputs on them, final latents)."""
     from deltadit.console import track
-    from deltadit.models import split
     from deltadit.runtime.executor import DeltaDiTExecutor
     from deltadit.runtime.runners.torch import TorchRunner
 
@@ -62,21 +63,21 @@ def calibrate(transformer, fp_split, plan, preset, options, weights, random_init
     conds = calibration_conditions(spec, config, options.count + 1, options.seed, preset.text_len, conditioner, prompts)
     calib, (h_cond, h_uncond) = conds[:-1], conds[-1]  # the last one is held out
 
-    # Held-out FP generation: each group's inputs (spread over the steps) and the final latents.
+    # Held-out FP generation: each group's inputs (spread over the steps), its outputs, the final latents.
     with GroupRecorder(fp_split, plan.num_steps) as rec:
         fp_executor = DeltaDiTExecutor(plan, fp_split.segments, TorchRunner(fp_split))
         fp_latents = run_generation(fp_executor, spec, config, preset, h_cond, h_uncond, options.seed + HOLDOUT_SEED_OFFSET)
 
-    # Quantize copies of the groups while the plan's loop runs over the calibration set.
-    qsplit = split(copy.deepcopy(transformer), plan.groups, fp_split.grid)
-    groups = {seg.name: qsplit.modules[seg.name] for seg in qsplit.segments if seg.kind == "group"}
-    q_executor = DeltaDiTExecutor(plan, qsplit.segments, TorchRunner(qsplit))
+    # Quantize the groups (in place) while the plan's loop runs over the calibration set.
+    groups = {seg.name: fp_split.modules[seg.name] for seg in fp_split.segments if seg.kind == "group"}
+    q_executor = DeltaDiTExecutor(plan, fp_split.segments, TorchRunner(fp_split))
 
     def forward_loop():
         for i, (cond, uncond) in enumerate(track(calib, "calibrate", enabled=progress, unit="generations")):
             run_generation(q_executor, spec, config, preset, cond, uncond, options.seed + i)
 
-    layers = quantize_groups(groups, options, spec.int8_keep_fp, forward_loop)
+    chosen = keep_fp_patterns(groups, transformer, options.keep_fp)
+    layers = quantize_groups(groups, options, spec.int8_keep_fp + chosen, forward_loop)
     info = {
         "options": options.to_dict(),
         "calibration": {
@@ -88,9 +89,10 @@ def calibrate(transformer, fp_split, plan, preset, options, weights, random_init
         },
         "quantized": layers,
         "kept_fp": {name: kept_fp_layers(m, spec.int8_keep_fp) for name, m in groups.items()},
-        "kept_fp_segments": [seg.name for seg in qsplit.segments if seg.kind != "group"],
+        "kept_fp_chosen": list(options.keep_fp),  # --int8-keep-fp, over the transformer's module names
+        "kept_fp_segments": [seg.name for seg in fp_split.segments if seg.kind != "group"],
     }
-    holdout = {"samples": rec.samples, "latents": fp_latents, "cond": h_cond, "uncond": h_uncond,
+    holdout = {"samples": rec.samples, "references": rec.references, "latents": fp_latents, "cond": h_cond, "uncond": h_uncond,
                "seed": options.seed + HOLDOUT_SEED_OFFSET}
     return groups, info, holdout
 
@@ -120,16 +122,17 @@ def int8_kernels(path: Path) -> dict:
     return counts
 
 
-def guard(fp_split, plan, preset, runner, work: Path, manifest: dict, holdout: dict, options, progress) -> dict:
-    """Quality and kernel checks of the exported INT8 groups (ONNX Runtime on ``work``)."""
+def guard(split, plan, preset, runner, work: Path, manifest: dict, holdout: dict, options, progress) -> dict:
+    """Quality and kernel checks of the exported INT8 groups (ONNX Runtime on ``work``) against the FP
+    outputs recorded by :func:`calibrate` (``split`` supplies only segments, spec and config)."""
     from deltadit.runtime.executor import DeltaDiTExecutor
 
     failures, quality, kernels = [], {}, {}
-    for seg in fp_split.segments:
+    for seg in split.segments:
         if seg.kind != "group":
             continue
         samples = holdout["samples"].get(seg.name, [])
-        q = group_quality(fp_split.modules[seg.name],
+        q = group_quality(holdout["references"].get(seg.name, []),
                           lambda feeds, _n=seg.name: {k: v.numpy() for k, v in runner.infer(_n, feeds).items()}, samples,
                           seg.outputs)
         quality[seg.name] = q
@@ -140,8 +143,8 @@ def guard(fp_split, plan, preset, runner, work: Path, manifest: dict, holdout: d
             failures.append(f"segment {seg.name} | INT8 SQNR {q['sqnr_db']:.1f} dB on held-out inputs (relative error "
                             f"{q['rel_err']:.2e} on the group's change) is below {options.min_sqnr_db} dB. Expected: "
                             "try --calibration percentile or smoothquant, more --calib-count, or keep more layers FP.")
-    executor = DeltaDiTExecutor(plan, fp_split.segments, runner)
-    latents = run_generation(executor, fp_split.spec, fp_split.config, preset, holdout["cond"], holdout["uncond"], holdout["seed"])
+    executor = DeltaDiTExecutor(plan, split.segments, runner)
+    latents = run_generation(executor, split.spec, split.config, preset, holdout["cond"], holdout["uncond"], holdout["seed"])
     ref = holdout["latents"]
     rel = float((latents - ref).abs().max() / ref.abs().max())
     final = sqnr(ref.numpy(), latents.numpy())

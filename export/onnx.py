@@ -45,10 +45,25 @@ def _register_symbolics(opset: int) -> None:
     _SYMBOLICS.add(opset)
 
 
-def export_segment(module, seg: Segment, feeds: dict, path: Path, opset: int, unbatched=()) -> list[Path]:
+def export_segment(module, seg: Segment, feeds: dict, path: Path, opset: int, unbatched=(), fp16: bool = False
+                   ) -> list[Path]:
     """Write ``seg`` to ``path`` with its weights in ``path.data``; return the files written. Axis 0 of
-    every tensor is the dynamic batch, except for the ``unbatched`` names (e.g. FLUX's position ids)."""
-    import onnx
+    every tensor is the dynamic batch, except for the ``unbatched`` names (e.g. FLUX's position ids).
+    module: the segment's module, or a dict holding it under ``seg.name``: then it is taken out once
+    traced, so its weights can be freed before the ONNX is loaded back (the export's peak memory).
+    fp16: the graph through :func:`to_float16`."""
+    import gc
+
+    if isinstance(module, dict):
+        tmp = _trace(module.pop(seg.name), seg, feeds, path, opset, unbatched)
+        gc.collect()  # a module caught in a reference cycle frees its weights now
+    else:
+        tmp = _trace(module, seg, feeds, path, opset, unbatched)
+    return _externalize(tmp, path, fp16)
+
+
+def _trace(module, seg: Segment, feeds: dict, path: Path, opset: int, unbatched=()) -> Path:
+    """The traced graph, weights inline, in a temporary file next to ``path`` (returned)."""
     import torch
 
     if module.training:
@@ -63,7 +78,17 @@ def export_segment(module, seg: Segment, feeds: dict, path: Path, opset: int, un
                           if base not in unbatched}, opset_version=opset,
             do_constant_folding=True, dynamo=False,
         )
+    return tmp
+
+
+def _externalize(tmp: Path, path: Path, fp16: bool = False) -> list[Path]:
+    """``tmp`` re-saved as ``path`` with its weights in ``path.data`` (one file, tensors over 1 KiB), the
+    temporaries removed; returns the files written."""
+    import onnx
+
     model = onnx.load(str(tmp))
+    if fp16:
+        model = to_float16(model)
     data = path.with_name(path.name + ".data")
     for f in (path, data):
         f.unlink(missing_ok=True)
@@ -74,6 +99,52 @@ def export_segment(module, seg: Segment, feeds: dict, path: Path, opset: int, un
     for f in tmp.parent.glob(tmp.stem + "*.data"):
         f.unlink()
     return [path] + ([data] if data.exists() else [])
+
+
+# Kept in float32 inside FP16 graphs: reductions and roots whose fp16 intermediates overflow (65504) or
+# lose the small variances of a normalisation (the decomposed LayerNorm of opsets < 17, the RMSNorm
+# above), and the Sin / Cos / Exp / Range of sinusoidal timestep embeddings (inside DiT's blocks), whose
+# arguments reach ~1000 where fp16 steps by 0.5. ONNX's fused LayerNormalization (opset >= 17) keeps its
+# mean and variance in float32 by itself (stash_type = 1) and Softmax kernels subtract the row max and
+# accumulate in float32, so both run in fp16; a Cast around the attention Softmax would also split the
+# MatMul-Softmax-MatMul that TensorRT fuses into one kernel.
+FP16_KEEP_FP32 = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "Sqrt", "Reciprocal", "Sin", "Cos", "Exp", "Range")
+
+
+def to_float16(model):
+    """``model`` (an ONNX ModelProto) with float16 weights and activations for GPU execution providers
+    (CUDA, TensorRT); graph inputs and outputs stay float32 with Casts at the boundary, so a runner feeds
+    an FP16 segment exactly like an FP32 one. The ops in :data:`FP16_KEEP_FP32` and the squares feeding a
+    reduction (x * x or Pow: a variance, which overflows fp16 from |x| > 256) stay float32; ONNX
+    Runtime's converter inserts the Casts. (GELU's x ** 3 stays fp16: tanh saturates before it overflows.)"""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    reduced = {i for n in model.graph.node if n.op_type.startswith("Reduce") for i in n.input}
+    squares = [n.name for n in model.graph.node if n.output[0] in reduced and (
+        n.op_type == "Pow" or (n.op_type == "Mul" and len(n.input) == 2 and n.input[0] == n.input[1]))]
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP16_KEEP_FP32),
+                                     node_block_list=squares)
+    _sort_nodes(model.graph)  # the converter appends the input Casts last; ONNX (and TensorRT's parser) want order
+    return model
+
+
+def _sort_nodes(graph) -> None:
+    """Order ``graph``'s nodes topologically (stable: a node keeps its place unless an input comes later)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise ValueError(f"graph {graph.name} | has a cycle or an undefined input at node {waiting[0].name}")
+        pending = waiting
+    graph.ClearField("node")
+    graph.node.extend(ordered)
 
 
 def compare(outputs: dict, reference: dict) -> dict:

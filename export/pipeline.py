@@ -30,6 +30,9 @@ from deltadit.presets import Preset
 # Opsets accepted for export: the traced attention needs >= 14; 17 is the tested default; ONNX Runtime
 # and TensorRT 10 parse up to 21.
 OPSET_RANGE = (14, 21)
+# --precision: fp32, or fp16 block groups for the CUDA / TensorRT execution providers (export/onnx.py
+# to_float16; the head and tail, with the sinusoidal timestep embedding, stay fp32).
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass
@@ -90,8 +93,11 @@ def _tensor_desc(name, t, onnx_name=None, unbatched=()) -> dict:
 
 
 
-def check_values(preset: Preset, *, seed: int, opset: int, max_batch: int | None, int8=None) -> None:
-    """Refuse an export's values before any work starts: one :class:`DeltaDiTError` listing every problem."""
+def check_values(preset: Preset, *, seed: int, opset: int, max_batch: int | None, int8=None,
+                 precision: str = "fp32", int8_requested: bool | None = None) -> None:
+    """Refuse an export's values before any work starts: one :class:`DeltaDiTError` listing every problem.
+    int8_requested: whether an INT8 export is asked for (default: ``int8`` is given; the CLI checks its
+    INT8 options even without --int8)."""
     problems: list[str] = []
 
     def collect(check, *args) -> None:
@@ -116,6 +122,12 @@ def check_values(preset: Preset, *, seed: int, opset: int, max_batch: int | None
                             f"Expected: a multiple of {step}, e.g. {max(step, res // step * step)}.")
     except DeltaDiTError as e:
         problems.append(str(e))
+    if precision not in PRECISIONS:
+        problems.append(f"--precision | {precision!r} is unknown. Expected: one of {', '.join(PRECISIONS)} (fp16: "
+                        "block groups in float16 for CUDA / TensorRT).")
+    elif precision == "fp16" and (int8 is not None if int8_requested is None else int8_requested):
+        problems.append("--precision fp16 | cannot be combined with --int8. Expected: --int8 alone (TensorRT builds "
+                        "INT8 bundles with FP16 enabled, so their float layers run in fp16 already) or fp16 alone.")
     if int8 is not None:
         problems += int8.problems()
     raise_if(problems, "export | invalid values:" if len(problems) > 1 else None)
@@ -138,6 +150,9 @@ def export_bundle(
     progress: bool = True,
     int8=None,
     force: bool = False,
+    text_encoder: bool = False,
+    precision: str = "fp32",
+    fp16_tolerance: float = 1e-2,
 ) -> ExportReport:
     """Export ``preset``'s transformer, split at ``plan.groups``, as an ONNX bundle in ``out``.
 
@@ -152,33 +167,43 @@ def export_bundle(
     force: replace ``out`` when it is already a bundle (else refused); a folder that is not a bundle is
     never replaced (export/publish.py). On any failure ``out`` is as before; ``out.partial`` is kept only
     when it holds finished segments a re-run reuses, and the exception carries a note saying which.
+    text_encoder: also put the caption encoder and its tokenizer in the bundle (export/text_encoder.py).
+    precision: "fp32", or "fp16" to store the block groups in float16 for GPU execution providers (I/O
+    stays float32; see export/onnx.py to_float16); fp16_tolerance replaces ``tolerance`` for those groups.
     """
+    from deltadit.export.text_encoder import check_text_encoder, export_text_encoder
     from deltadit.sources import resolve_source
 
-    check_values(preset, seed=seed, opset=opset, max_batch=max_batch, int8=int8)
+    check_values(preset, seed=seed, opset=opset, max_batch=max_batch, int8=int8, precision=precision)
+    if text_encoder:
+        check_text_encoder(preset, weights, random_init)
     source = None if random_init else resolve_source(weights or preset.source)
-    stages = Stages(7 if int8 is not None else 6, enabled=progress)
+    stages = Stages(6 + (int8 is not None) + text_encoder, enabled=progress)
     with stages, output_folder(out, force=force, source=source) as target:
         report = ExportReport(target.out)
         with _stage(stages, report, "load", "load"):
             transformer = load(preset, plan, weights, random_init, seed)
         with _stage(stages, report, "split", "split + trace"):
             split, traced = split_and_trace(transformer, plan, preset, seed)
-        modules, int8_info, holdout = dict(split.modules), None, None
+        int8_info, holdout = None, None
         if int8 is not None:
             with _stage(stages, report, "calibrate", "calibrate int8"):
-                modules, int8_info, holdout = calibrate_int8(transformer, split, traced, plan, preset, int8, weights,
-                                                             random_init, progress)
+                int8_info, holdout = calibrate_int8(transformer, split, traced, plan, preset, int8, weights, random_init,
+                                                    progress)
+        del transformer  # split.modules now hold every weight; export_onnx drops each segment's once it is written
         target.segments = len(split.segments)
         vers = versions()
         with _stage(stages, report, "export", "export onnx"):
-            entries = export_onnx(split, modules, traced, target, opset, vers, fuse, int8_info, report, progress)
+            entries = export_onnx(split, traced, target, opset, vers, fuse, int8_info, report, progress, precision)
         manifest = build_manifest(preset, plan, split, entries, vers, weights=weights, random_init=random_init,
                                   seed=seed, opset=opset, max_batch=max_batch, tolerance=tolerance,
-                                  int8_tolerance=int8_tolerance, int8=int8)
+                                  int8_tolerance=int8_tolerance, int8=int8, fp16_tolerance=fp16_tolerance)
         with _stage(stages, report, "check", "check vs pytorch"):
             check_onnx(target.work, manifest, split, traced, entries, plan, preset, tolerance, int8_tolerance,
-                       int8, int8_info, holdout, report, progress)
+                       int8, int8_info, holdout, report, progress, fp16_tolerance)
+        if text_encoder:
+            with _stage(stages, report, "text_encoder", "export text encoder"):
+                manifest["text_encoder"] = export_text_encoder(target, preset, weights or preset.source, opset, tolerance)
         stages.start("tensorrt engines")
         engines(target, manifest, build_engines, report)
         stages.start("write bundle")
@@ -219,9 +244,9 @@ def split_and_trace(transformer, plan: DeltaPlan, preset: Preset, seed: int):
 
 def calibrate_int8(transformer, split, traced: dict, plan: DeltaPlan, preset: Preset, int8, weights, random_init,
                    progress: bool):
-    """Stage 2b: quantized copies of the groups, calibrated along the plan's trajectory. Their own
+    """Stage 2b: the split's groups quantized in place, calibrated along the plan's trajectory. Their own
     outputs replace the references in ``traced`` (what their ONNX must match).
-    Returns (modules by segment, manifest int8 info, held-out data for the guard)."""
+    Returns (manifest int8 info, held-out data for the guard)."""
     import torch
 
     from deltadit.export.int8 import calibrate
@@ -233,13 +258,18 @@ def calibrate_int8(transformer, split, traced: dict, plan: DeltaPlan, preset: Pr
             args, _ = traced[name]
             out = qmodules[name](*args.values())
             traced[name] = (args, dict(zip(outputs[name], out if isinstance(out, tuple) else (out,))))
-    return {**split.modules, **qmodules}, int8_info, holdout
+    return int8_info, holdout
 
 
-def export_onnx(split, modules: dict, traced: dict, target: Output, opset: int, vers: dict, fuse: bool, int8_info,
-                report: ExportReport, progress: bool) -> list[dict]:
+def export_onnx(split, traced: dict, target: Output, opset: int, vers: dict, fuse: bool, int8_info,
+                report: ExportReport, progress: bool, precision: str = "fp32") -> list[dict]:
     """Stage 3: every segment to ONNX in ``target.work``, reusing finished segments whose key is
-    unchanged (stages.json). Returns the manifest's segment entries (without checks)."""
+    unchanged (stages.json). Returns the manifest's segment entries (without checks).
+    Consumes ``split.modules``: each segment's module is dropped once its ONNX is written (the later
+    stages use ``traced`` and the ONNX), so the weights are not held in PyTorch and ONNX Runtime at once
+    (benchmarks/export_memory.py measures the peak per stage)."""
+    import gc
+
     from deltadit.export.onnx import onnx_output_names
 
     work = target.work
@@ -250,30 +280,36 @@ def export_onnx(split, modules: dict, traced: dict, target: Output, opset: int, 
     for seg in track(split.segments, "export onnx", enabled=progress, unit="segments"):
         args, outs = traced[seg.name]
         shapes = {n: list(t.shape) for n, t in args.items()}
-        key = segment_key(modules[seg.name], seg, shapes, opset, vers) + ("-fused" if fuse else "")
+        fp16 = precision == "fp16" and seg.kind == "group"
+        key = segment_key(split.modules[seg.name], seg, shapes, opset, vers) + ("-fused" if fuse else "") + (
+            "-fp16" if fp16 else "")
         done = stages.get(seg.name)
         if done and done["key"] == key and all((work / f["path"]).is_file() and sha256_file(work / f["path"]) == f["sha256"]
                                                for f in done["files"]):
             report.reused.append(seg.name)
             files, ort_graph = done["files"], done.get("ort_graph")
+            del split.modules[seg.name]
         else:
-            files, ort_graph = _export_segment(modules[seg.name], seg, args, target, opset, fuse, split.spec.unbatched)
+            files, ort_graph = _export_segment(split.modules, seg, args, target, opset, fuse, split.spec.unbatched, fp16)
             stages[seg.name] = {"key": key, "files": files, "ort_graph": ort_graph}
             write_json_atomic(stages_path, stages)
             report.exported.append(seg.name)
+        gc.collect()  # a dropped module caught in a reference cycle frees its weights now, not at some later stage
         entries.append({
             "name": seg.name, "kind": seg.kind, "block_range": list(seg.block_range) if seg.block_range else None,
             "inputs": [_tensor_desc(n, t, None, split.spec.unbatched) for n, t in args.items()],
             "outputs": [_tensor_desc(n, outs[n], o, split.spec.unbatched) for n, o in zip(seg.outputs, onnx_output_names(seg))],
             "files": files,
-            "precision": "int8" if int8_info and seg.name in int8_info["quantized"] else "fp32",
+            "precision": "int8" if int8_info and seg.name in int8_info["quantized"] else "fp16" if fp16 else "fp32",
             **({"ort_graph": ort_graph} if ort_graph else {}),
         })
     return entries
 
 
-def _export_segment(module, seg, args: dict, target: Output, opset: int, fuse: bool, unbatched=()):
-    """One segment's ONNX (and, for groups, its fused-attention graph). Returns (files, ort_graph)."""
+def _export_segment(modules: dict, seg, args: dict, target: Output, opset: int, fuse: bool, unbatched=(),
+                    fp16: bool = False):
+    """One segment's ONNX (and, for groups, its fused-attention graph); its module is taken out of
+    ``modules`` and dropped once traced, before the ONNX is loaded back. Returns (files, ort_graph)."""
     from deltadit.export.fuse import fuse_attention
     from deltadit.export.onnx import export_segment
 
@@ -282,7 +318,7 @@ def _export_segment(module, seg, args: dict, target: Output, opset: int, fuse: b
     target.claim(f"onnx/{n}.onnx", f"onnx/{n}.onnx.data", f"onnx/{n}.raw*", f"onnx/{n}.ort.onnx", f"onnx/{n}.ort.onnx.tmp")
     path = work / "onnx" / f"{n}.onnx"
     path.parent.mkdir(exist_ok=True)
-    written = export_segment(module, seg, args, path, opset, unbatched)
+    written = export_segment(modules, seg, args, path, opset, unbatched, fp16)
     ort_graph = None
     if fuse and seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
         fused_path = path.with_name(f"{n}.ort.onnx")
@@ -294,7 +330,7 @@ def _export_segment(module, seg, args: dict, target: Output, opset: int, fuse: b
 
 
 def build_manifest(preset: Preset, plan: DeltaPlan, s, entries: list[dict], vers: dict, *, weights, random_init,
-                   seed, opset, max_batch, tolerance, int8_tolerance, int8) -> dict:
+                   seed, opset, max_batch, tolerance, int8_tolerance, int8, fp16_tolerance=None) -> dict:
     """The bundle's manifest.json (checks, int8 and engines are added by the later stages)."""
     from deltadit.sources import weights_fingerprint
 
@@ -307,10 +343,11 @@ def build_manifest(preset: Preset, plan: DeltaPlan, s, entries: list[dict], vers
                   "decoder": preset.decoder,
                   "seed": seed if random_init else None,
                   "config": {k: v for k, v in s.config.items() if not k.startswith("_")}},  # no _name_or_path etc.
-        "precision": "int8" if int8 is not None else "fp32",
+        "precision": "int8" if int8 is not None else "fp16" if any(e["precision"] == "fp16" for e in entries) else "fp32",
         "export": {"opset": opset, "opt_batch": batch, "max_batch": max_batch or batch, "resolution": preset.resolution,
                    "vae_scale": preset.vae_scale, "latent_side": side, "text_len": preset.text_len, "tolerance": tolerance,
-                   **({"int8_tolerance": int8_tolerance} if int8 is not None else {})},
+                   **({"int8_tolerance": int8_tolerance} if int8 is not None else {}),
+                   **({"fp16_tolerance": fp16_tolerance} if any(e["precision"] == "fp16" for e in entries) else {})},
         "sampling": {"scheduler": preset.scheduler, "scheduler_config": preset.scheduler_config,
                      "guidance_scale": preset.guidance_scale, "steps": plan.num_steps},
         "driver": s.spec.driver(s.config, side),
@@ -322,14 +359,15 @@ def build_manifest(preset: Preset, plan: DeltaPlan, s, entries: list[dict], vers
 
 def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[dict], plan: DeltaPlan, preset: Preset,
                tolerance: float, int8_tolerance: float, int8, int8_info, holdout, report: ExportReport,
-               progress: bool) -> None:
+               progress: bool, fp16_tolerance: float | None = None) -> None:
     """Stage 4: every segment on ONNX Runtime (CPU) against PyTorch, then (INT8) the quality guard;
     raises listing every failure. Fills each entry's ``check`` and, for INT8, ``manifest["int8"]``."""
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
     if int8_info is not None:  # the runner reads the weight bits (emulated int8 on CPUs that would saturate)
         manifest["int8"] = int8_info
-    failures = _check_graphs(work, manifest, split, traced, entries, tolerance, int8_tolerance, report, progress)
+    tolerances = {"fp32": tolerance, "int8": int8_tolerance, "fp16": fp16_tolerance}
+    failures = _check_graphs(work, manifest, split, traced, entries, tolerances, report, progress)
     if int8 is not None and not failures:
         from deltadit.export.int8 import guard
 
@@ -344,8 +382,9 @@ def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[di
         raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
 
 
-def _check_graphs(work, manifest, split, traced, entries, tolerance, int8_tolerance, report, progress) -> list[str]:
-    """Each segment's graph (the fused-attention one where there is one) on ONNX Runtime vs PyTorch."""
+def _check_graphs(work, manifest, split, traced, entries, tolerances: dict, report, progress) -> list[str]:
+    """Each segment's graph (the fused-attention one where there is one) on ONNX Runtime vs PyTorch,
+    within ``tolerances[its precision]``."""
     from deltadit.export.onnx import compare
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
@@ -355,7 +394,7 @@ def _check_graphs(work, manifest, split, traced, entries, tolerance, int8_tolera
             args, outs = traced[seg.name]
             errs = compare({k: v.numpy() for k, v in runner.infer(seg.name, args).items()}, outs)
             entry["check"] = report.errors[seg.name] = errs
-            tol = int8_tolerance if entry["precision"] == "int8" else tolerance
+            tol = tolerances[entry["precision"]]
             where = (f" in its fused-attention graph {entry['ort_graph']['path']} (export with --no-fused-attention "
                      "to skip it)") if entry.get("ort_graph") else ""
             failures += [f"segment {seg.name} output {name} | ONNX Runtime differs from PyTorch by {err['rel']:.2e} "

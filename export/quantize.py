@@ -39,7 +39,10 @@ class Int8Options:
     prompts: calibration prompts (None: the model's list or DEFAULT_PROMPTS).  seed: noise and holdout.
     min_sqnr_db: the export fails when a group's SQNR on held-out inputs is lower.
     weight_bits: 8, or 7 for x86 CPUs without VNNI, whose ONNX Runtime int8 kernel saturates on full
-    8-bit weights (deltadit.runtime.cpu); 7-bit weights are stored as int8 codes within +-63."""
+    8-bit weights (deltadit.runtime.cpu); 7-bit weights are stored as int8 codes within +-63.
+    keep_fp: globs over the transformer's own module names (e.g. ``transformer_blocks.3.ff.net.2``, as
+    `deltadit tune --int8` ranks them) whose Linear layers stay in floating point, on top of the spec's
+    ``int8_keep_fp``; each glob must name at least one Linear inside the block groups."""
 
     calibration: str = "max"
     percentile: float = 99.99
@@ -49,6 +52,7 @@ class Int8Options:
     seed: int = 0
     min_sqnr_db: float = 15.0
     weight_bits: int = field(default_factory=lambda: _auto_weight_bits())
+    keep_fp: tuple[str, ...] = ()
 
     def problems(self) -> list[str]:
         """Every invalid option, one line each (empty when all are fine)."""
@@ -62,6 +66,9 @@ class Int8Options:
                             "CPUs without VNNI (auto picks it).")
         if not (isinstance(self.percentile, (int, float)) and 50.0 < self.percentile <= 100.0):  # nan fails too
             problems.append(f"--percentile | {self.percentile} is out of range. Expected: 50 < p <= 100 (e.g. 99.99).")
+        if not all(isinstance(g, str) and g.strip() for g in self.keep_fp):
+            problems.append(f"--int8-keep-fp | {list(self.keep_fp)!r:.80} has an empty name. Expected: comma-separated "
+                            "module names or globs, e.g. transformer_blocks.3.ff.net.2,*.attn2.to_out.0.")
         checks = [(validate.real, "--smoothquant-alpha", self.alpha, 0.0, 1.0, ""),
                   (validate.integer, "--calib-count", self.count, 1, validate.MAX_CALIB_COUNT, " calibration generations"),
                   (validate.real, "--int8-min-sqnr", self.min_sqnr_db, None, None, " (dB)")]
@@ -108,8 +115,9 @@ def modelopt_config(options: Int8Options, keep_fp: tuple[str, ...]) -> dict:
 
 
 def quantize_groups(groups: dict, options: Int8Options, keep_fp: tuple[str, ...], forward_loop) -> dict:
-    """Quantize the group modules in place (they must be copies; the FP model stays untouched).
-    forward_loop(): runs calibration generations through the modules. Returns {group: [linear names]}."""
+    """Quantize the group modules in place (the export records everything it needs from the FP groups
+    first, so no FP copy is kept). forward_loop(): runs calibration generations through the modules.
+    Returns {group: [linear names]}."""
     import modelopt.torch.quantization as mtq
     from torch import nn
 
@@ -178,6 +186,28 @@ def quantized_layers(container) -> dict:
     return out
 
 
+def keep_fp_patterns(groups: dict, transformer, layers: tuple[str, ...]) -> tuple[str, ...]:
+    """Quantizer-name patterns (as :func:`modelopt_config` takes them) that keep the Linear layers named by
+    ``layers`` (globs over ``transformer``'s module names) in floating point inside ``groups`` (modules
+    sharing the transformer's blocks); a glob naming no Linear of any group is refused in one line."""
+    from torch import nn
+
+    absolute = {id(m): n for n, m in transformer.named_modules()}
+    patterns, used = [], set()
+    for gname, group in groups.items():
+        for rel, module in group.named_modules():
+            name = absolute.get(id(module))
+            hits = [g for g in layers if name is not None and isinstance(module, nn.Linear) and fnmatch.fnmatch(name, g)]
+            if hits:
+                used.update(hits)
+                patterns += [f"{gname}.{rel}.weight_quantizer", f"{gname}.{rel}.input_quantizer"]
+    unused = [g for g in layers if g not in used]
+    if unused:
+        raise DeltaDiTError(f"--int8-keep-fp | {', '.join(unused)} names no Linear layer in the block groups. Expected: "
+                            "module names of the transformer such as transformer_blocks.0.attn1.to_q (globs allowed).")
+    return tuple(patterns)
+
+
 def kept_fp_layers(group, keep_fp: tuple[str, ...]) -> list[str]:
     from torch import nn
 
@@ -196,23 +226,22 @@ def sqnr(reference, test) -> dict:
     return {"sqnr_db": db, "rel_err": rel}
 
 
-def group_quality(fp_module, run_int8, samples: list[dict], streams: tuple[str, ...] = ("hidden_states",)) -> dict:
-    """fp_module: the FP group (torch); run_int8(feeds) -> {stream: output} of the quantized group as
-    shipped (the INT8 ONNX on ONNX Runtime); samples: held-out group inputs; streams: the group's
-    outputs (carried streams). Compared on output − input, over every stream together."""
+def group_quality(references: list[dict], run_int8, samples: list[dict],
+                  streams: tuple[str, ...] = ("hidden_states",)) -> dict:
+    """references: the FP group's outputs {stream: tensor} on each held-out input (recorded by
+    :class:`GroupRecorder`, so the FP model need not outlive calibration); run_int8(feeds) -> {stream:
+    output} of the quantized group as shipped (the INT8 ONNX on ONNX Runtime); samples: those held-out
+    group inputs; streams: the group's outputs (carried streams). Compared on output − input, over every
+    stream together."""
     import numpy as np
-    import torch
 
     refs, tests = [], []
-    with torch.no_grad():
-        for feeds in samples:
-            ref = fp_module(*feeds.values())
-            ref = dict(zip(streams, ref if isinstance(ref, tuple) else (ref,)))
-            got = run_int8(feeds)
-            for name in streams:
-                x = feeds[name]
-                refs.append((ref[name] - x).numpy().ravel())
-                tests.append((np.asarray(got[name]) - x.numpy()).ravel())
+    for feeds, ref in zip(samples, references, strict=True):
+        got = run_int8(feeds)
+        for name in streams:
+            x = feeds[name]
+            refs.append((ref[name] - x).numpy().ravel())
+            tests.append((np.asarray(got[name]) - x.numpy()).ravel())
     result = sqnr(np.concatenate(refs), np.concatenate(tests))
     result["samples"] = len(samples)
     return result
@@ -220,13 +249,15 @@ def group_quality(fp_module, run_int8, samples: list[dict], streams: tuple[str, 
 
 class GroupRecorder:
     """Wraps the FP group modules of a split; keeps up to ``keep`` input sets per group, spread over the
-    steps of one generation (the held-out set of the quality guard)."""
+    steps of one generation, with the group's FP outputs on them (the held-out set of the quality guard:
+    ``samples[group]`` and ``references[group]``, {name: tensor} each)."""
 
     def __init__(self, split, steps: int, keep: int = 4):
         self.split = split
         self.every = max(1, steps // keep)
         self.calls: dict = {}
         self.samples: dict = {}
+        self.references: dict = {}
         self.originals = {}
 
     def __enter__(self):
@@ -239,9 +270,12 @@ class GroupRecorder:
             def wrapped(*args, _name=seg.name, _module=module, _seg=seg):
                 n = self.calls.get(_name, 0)
                 self.calls[_name] = n + 1
+                out = _module(*args)
                 if n % self.every == 0:
+                    outs = out if isinstance(out, tuple) else (out,)
                     self.samples.setdefault(_name, []).append({k: v.clone() for k, v in zip(_seg.inputs, args)})
-                return _module(*args)
+                    self.references.setdefault(_name, []).append({k: v.clone() for k, v in zip(_seg.outputs, outs)})
+                return out
 
             self.split.modules[seg.name] = wrapped
         return self

@@ -47,8 +47,13 @@ def _need_all(root: Path | None, looked: list[str], parts: dict[str, str]) -> di
 
 
 class TextConditioner:
-    """PixArt-α / Σ prompt encoding with the pipeline's tokenizer and T5 encoder. Thread-safe: encoding is
-    serialised (a fast tokenizer must not be used by two threads at once)."""
+    """PixArt-α / Σ prompt encoding: the pipeline's preprocessing (lower-cased, stripped), tokens padded to
+    the caption length, the caption encoder, and the negative prompt "" for CFG. Here the pipeline's
+    tokenizer and T5; a bundle's own tokenizer.json and ONNX encoder subclass it (_token_ids / embed) in
+    deltadit.runtime.text_encoder. Thread-safe: encoding is serialised (a fast tokenizer must not be used
+    by two threads at once)."""
+
+    lowercase = True
 
     def __init__(self, root: Path | None, looked: list[str], text_len: int):
         from transformers import AutoTokenizer, T5EncoderModel
@@ -56,17 +61,29 @@ class TextConditioner:
         self.tokenizer = AutoTokenizer.from_pretrained(_need(root, looked, "tokenizer", "tokenizer"))
         self.encoder = T5EncoderModel.from_pretrained(_need(root, looked, "text encoder", "text_encoder")).eval()
         self.text_len = text_len
-        self._uncond = None
-        self._lock = threading.Lock()
+        self._uncond, self._lock = None, threading.Lock()
 
-    def encode(self, text: str) -> dict:
+    def tokenize(self, text: str):
+        """(input_ids, attention_mask), int64 (1, text_len), of the preprocessed prompt: padded, truncated,
+        end-of-sequence appended."""
+        return self._token_ids(text.lower().strip() if self.lowercase else text)
+
+    def _token_ids(self, text: str):
+        tokens = self.tokenizer([text], padding="max_length", max_length=self.text_len, truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
+        return tokens.input_ids, tokens.attention_mask
+
+    def embed(self, input_ids, attention_mask):
+        """(1, L) token ids and mask -> caption embeddings (1, L, D)."""
         import torch
 
-        tokens = self.tokenizer([text.lower().strip()], padding="max_length", max_length=self.text_len,
-                                truncation=True, add_special_tokens=True, return_tensors="pt")
         with torch.no_grad():
-            embeds = self.encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
-        return {"encoder_hidden_states": embeds.float(), "encoder_attention_mask": tokens.attention_mask}
+            return self.encoder(input_ids, attention_mask=attention_mask)[0]
+
+    def encode(self, text: str) -> dict:
+        # The embeddings of padded positions are passed on as the encoder made them: the head masks them.
+        ids, mask = self.tokenize(text)
+        return {"encoder_hidden_states": self.embed(ids, mask).float(), "encoder_attention_mask": mask}
 
     def __call__(self, prompt: str) -> tuple[dict, dict]:
         with self._lock:
