@@ -92,7 +92,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
 def plan_from_args(args):
     """(preset, plan) from parsed plan flags, or from the --plan file (the preset then takes its steps)."""
-    from deltadit.presets import load_preset
+    from deltadit.presets import load_plan_file, load_preset
 
     if getattr(args, "plan_file", None):
         given = [f for f in ("steps", "b", "nc", "interval", "variant", "budget") if getattr(args, f) is not None]
@@ -100,7 +100,7 @@ def plan_from_args(args):
             raise DeltaDiTError(f"--plan | the file is the whole plan; --{', --'.join(given)} would contradict it. "
                                 "Expected: --plan FILE without the other plan flags.")
         preset = load_preset(args.model)
-        plan = plan_from_file(args.plan_file, preset)
+        plan = load_plan_file(args.plan_file, preset)
         return preset.with_overrides(steps=plan.num_steps, b=plan.b, nc=plan.n_c, interval=plan.interval,
                                      variant=plan.variant), plan
     preset = load_preset(args.model).with_overrides(
@@ -109,34 +109,6 @@ def plan_from_args(args):
     if args.budget is not None and (args.nc is not None or args.interval is not None):
         raise DeltaDiTError("--budget | chooses N and N_c itself. Expected: --budget without --nc / --interval.")
     return preset, preset.plan(args.budget)
-
-
-def plan_from_file(path, preset):
-    """The DeltaPlan stored in ``path`` (DeltaPlan.to_json, or `deltadit plan --json`'s object with a "plan"
-    key), refused in one line unless it was built for ``preset``'s block count and stage cuts."""
-    from pathlib import Path
-
-    from deltadit.plan import DeltaPlan
-
-    path, how = Path(path), "Expected: a plan file written by `deltadit tune` or `deltadit plan --json`."
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DeltaDiTError(f"--plan | {path} does not exist. {how}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DeltaDiTError(f"--plan | {path} is not readable JSON ({type(e).__name__}). {how}") from None
-    if isinstance(d, dict) and "plan" in d and "steps" not in d:
-        d = d["plan"]
-    try:
-        plan = DeltaPlan.from_dict(d)
-    except DeltaDiTError as e:
-        raise DeltaDiTError(f"--plan {path} | {e}") from None
-    cuts = tuple(preset.spec.stage_cuts(preset.transformer))
-    if plan.num_blocks != preset.num_blocks or tuple(plan.cuts) != cuts:
-        raise DeltaDiTError(f"--plan | {path} is a plan for {plan.num_blocks} blocks (stage cuts {list(plan.cuts)}), but "
-                            f"model '{preset.name}' has {preset.num_blocks} (stage cuts {list(cuts)}). Expected: a plan "
-                            f"made for this model, e.g. by `deltadit tune --model {preset.name}`.")
-    return plan
 
 
 def _per_block(block_macs) -> str:

@@ -290,3 +290,32 @@ def _relative_to(source, base: Path):
 def _float(x):
     """Ints as floats (TOML ``4`` for 4.0); anything else unchanged, for :meth:`Preset.check` to judge."""
     return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
+
+
+def load_plan_file(path, preset: "Preset"):
+    """The DeltaPlan stored in ``path`` (DeltaPlan.to_json, or `deltadit plan --json`'s object with a "plan"
+    key), refused in one line unless it was built for ``preset``'s block count and stage cuts."""
+    import json
+    from pathlib import Path
+
+    from deltadit.plan import DeltaPlan
+
+    path, how = Path(path), "Expected: a plan file written by `deltadit tune` or `deltadit plan --json`."
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeltaDiTError(f"--plan | {path} does not exist. {how}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DeltaDiTError(f"--plan | {path} is not readable JSON ({type(e).__name__}). {how}") from None
+    if isinstance(d, dict) and "plan" in d and "steps" not in d:
+        d = d["plan"]
+    try:
+        plan = DeltaPlan.from_dict(d)
+    except DeltaDiTError as e:
+        raise DeltaDiTError(f"--plan {path} | {e}") from None
+    cuts = tuple(preset.spec.stage_cuts(preset.transformer))
+    if plan.num_blocks != preset.num_blocks or tuple(plan.cuts) != cuts:
+        raise DeltaDiTError(f"--plan | {path} is a plan for {plan.num_blocks} blocks (stage cuts {list(plan.cuts)}), but "
+                            f"model '{preset.name}' has {preset.num_blocks} (stage cuts {list(cuts)}). Expected: a plan "
+                            f"made for this model, e.g. by `deltadit tune --model {preset.name}`.")
+    return plan
