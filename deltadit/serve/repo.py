@@ -70,13 +70,33 @@ def write_repo(bundles: Sequence[str | Path], out: str | Path, options: RepoOpti
     if len(set(names)) < len(names):
         raise DeltaDiTError(f"bundles | two share a model name ({', '.join(names)}). Expected: bundle folders with "
                             "different names (the folder name is the Triton model name).")
-    for name, folder in zip(names, folders):
-        manifest = read_bundle(folder)
+    manifests = [read_bundle(f) for f in folders]
+    for name in names:
+        _check_ours(out / name)
+    for name, folder, manifest in zip(names, folders, manifests):
         model = out / name
         (model / "1").mkdir(parents=True, exist_ok=True)
         (model / "config.pbtxt").write_text(config_text(name, folder, manifest, options))
         shutil.copyfile(Path(__file__).with_name("triton_model.py"), model / "1" / "model.py")
     return dict(zip(names, folders))
+
+
+MARKER = "# written by deltadit triton-repo"  # first line of every config.pbtxt we write
+
+
+def _check_ours(model: Path) -> None:
+    """A model folder we may (re)write: absent, empty, or one we wrote before (its config.pbtxt starts with
+    MARKER). Anything else is another model's, and is left untouched."""
+    config = model / "config.pbtxt"
+    if not model.exists() or not any(model.iterdir()):
+        return
+    try:
+        ours = config.read_text().startswith(MARKER)
+    except OSError:
+        ours = False
+    if not ours:
+        raise DeltaDiTError(f"{model} | holds a model that deltadit did not write. Expected: another output folder, "
+                            "or rename the bundle folder (its name is the Triton model name); nothing was changed.")
 
 
 def config_text(name: str, folder: Path, manifest, options: RepoOptions) -> str:
@@ -89,7 +109,7 @@ def config_text(name: str, folder: Path, manifest, options: RepoOptions) -> str:
         f"CFG batch {manifest.export.opt_batch}; re-export with a larger --max-batch for more)")
     inputs, outputs = tensors(manifest)
     params = {"bundle": str(folder), "max_images": str(batch), "providers": options.providers}
-    lines = [f'name: "{name}"', 'backend: "python"', f"max_batch_size: {batch}",
+    lines = [MARKER, f'name: "{name}"', 'backend: "python"', f"max_batch_size: {batch}",
              "dynamic_batching {", f"  max_queue_delay_microseconds: {options.delay_us}",
              f"  default_queue_policy {{ max_queue_size: {options.queue} timeout_action: REJECT }}", "}",
              f"instance_group [ {{ count: {options.instances} kind: KIND_CPU }} ]",

@@ -82,6 +82,20 @@ def test_triton_repo_writes_a_valid_model_config(animals_bundle, tmp_path):
 
 
 @pytest.mark.slow
+def test_triton_repo_rewrites_its_own_model_and_leaves_others_alone(animals_bundle, tmp_path, capsys):
+    assert cli.main(["triton-repo", str(animals_bundle), str(tmp_path), "--queue", "7"]) == 0
+    (tmp_path / "animals-s4" / "notes.txt").write_text("mine")
+    assert cli.main(["triton-repo", str(animals_bundle), str(tmp_path), "--queue", "9"]) == 0  # ours: rewritten
+    assert "max_queue_size: 9" in (tmp_path / "animals-s4" / "config.pbtxt").read_text()
+    assert (tmp_path / "animals-s4" / "notes.txt").read_text() == "mine"
+    foreign = 'name: "animals-s4"\nbackend: "onnxruntime"\n'
+    (tmp_path / "animals-s4" / "config.pbtxt").write_text(foreign)  # another tool's model of the same name
+    assert cli.main(["triton-repo", str(animals_bundle), str(tmp_path)]) == 2
+    assert "holds a model that deltadit did not write" in capsys.readouterr().err
+    assert (tmp_path / "animals-s4" / "config.pbtxt").read_text() == foreign
+
+
+@pytest.mark.slow
 def test_triton_repo_refuses_too_large_a_batch(animals_bundle, tmp_path, capsys):
     assert cli.main(["triton-repo", str(animals_bundle), str(tmp_path), "--max-batch", "5"]) == 2
     assert "--max-batch | 5 is out of range. Expected: an integer in [1, 4]" in capsys.readouterr().err
