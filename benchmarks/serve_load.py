@@ -142,7 +142,7 @@ def main(argv=None) -> int:
 
     concurrency = [int(c) for c in args.concurrency.split(",")]
     bundle = runtime.load(args.bundle)
-    batch = max_images(bundle)
+    batch = max_images(bundle.manifest)
     queue = str(max(concurrency) * 2)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     servers = {f"dynamic batching (max {batch})": start(args.bundle, logs / "serve_load_dyn.log", "--queue", queue),

@@ -122,8 +122,9 @@ def generate_batch(bundle, items: Sequence[tuple[str | None, int | None, int]], 
     from deltadit.runtime.sampling import from_manifest, sample
 
     manifest, spec, config = bundle.manifest, bundle.spec, bundle.config
-    if not 1 <= len(items) <= max_images(bundle):
-        raise DeltaDiTError(f"generate | {len(items)} images in one batch; the bundle takes 1 to {max_images(bundle)} "
+    limit = max_images(manifest)
+    if not 1 <= len(items) <= limit:
+        raise DeltaDiTError(f"generate | {len(items)} images in one batch; the bundle takes 1 to {limit} "
                             f"(max_batch {manifest.export.max_batch}). Expected: fewer images, or re-export with a "
                             "larger --max-batch.")
     keys = [_condition_key(spec, prompt, class_label) for prompt, class_label, _ in items]
@@ -160,9 +161,9 @@ def generate_batch(bundle, items: Sequence[tuple[str | None, int | None, int]], 
                        random_init=manifest.model.random_init) for k, image in enumerate(images)]
 
 
-def max_images(bundle) -> int:
-    """Most images one denoising loop of ``bundle`` takes: its max batch over the rows per image (2 with CFG)."""
-    ex = bundle.manifest.export
+def max_images(manifest) -> int:
+    """Most images one denoising loop of a bundle takes: its max batch over the rows per image (2 with CFG)."""
+    ex = manifest.export
     return max(1, ex.max_batch // ex.opt_batch)
 
 

@@ -110,7 +110,7 @@ class ServedModel:
 
         self.bundle = load(bundle_dir, providers)
         load_components(self.bundle)  # text encoder / decoder now, not in the first request
-        limit = bundle_max(self.bundle)
+        limit = bundle_max(self.bundle.manifest)
         self.max_images = limit if max_images is None else validate.integer("--max-batch", max_images, 1, limit)
 
     def run(self, requests: list[dict[str, np.ndarray | None]]) -> list[list[Output] | DeltaDiTError]:

@@ -103,7 +103,9 @@ def config_text(name: str, folder: Path, manifest, options: RepoOptions) -> str:
     """config.pbtxt of one bundle's model."""
     from deltadit.serve.model import tensors
 
-    limit = max(1, manifest.export.max_batch // manifest.export.opt_batch)
+    from deltadit.runtime.generation import max_images
+
+    limit = max_images(manifest)
     batch = limit if options.max_batch is None else validate.integer(
         "--max-batch", options.max_batch, 1, limit, f" (the bundle's max_batch {manifest.export.max_batch} over its "
         f"CFG batch {manifest.export.opt_batch}; re-export with a larger --max-batch for more)")
