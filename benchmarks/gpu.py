@@ -63,7 +63,7 @@ def configs(bundles: dict, device: str, compile_: bool, dtype: str) -> dict:
     if compile_:
         compiled = UnmodifiedExecutor(torch.compile(model), plan, ac)
         out[f"torch-compile-{dtype}"] = lambda: compiled
-    return out, first, model
+    return out, first, model, loaded
 
 
 def loop(executor, bundle, device: str, seed: int = 0):
@@ -109,20 +109,25 @@ def main() -> int:
     plan = preset.plan()
     work = Path(args.work) / f"pixart-{preset.num_blocks}blocks"
     bundles = {k: export(preset, plan, work / k, k) for k in ("fp32", "fp16")}
-    table, first, model = configs(bundles, device, args.compile, args.dtype)
+    table, first, model, loaded = configs(bundles, device, args.compile, args.dtype)
     times = {k: [] for k in table}
     finals = {}
     for k, make in table.items():  # warm-up: sessions, cuDNN / cuBLAS autotuning, compilation
         tic = time.perf_counter()
         finals[k] = loop(make(), first, device)
         print(f"warm-up {k}: {time.perf_counter() - tic:.2f} s", flush=True)
+    for k, b in loaded.items():  # ONNX Runtime falls back to CPU silently when the CUDA provider fails to load
+        used = sorted({s.get_providers()[0] for s in b.runner.sessions.values()})
+        print(f"{k} bundle: sessions run on {used}", flush=True)
+        if device == "cuda" and used != ["CUDAExecutionProvider"]:
+            raise SystemExit(f"{k} bundle: sessions run on {used}, not (only) the CUDA provider")
     for r in range(args.rounds):
         for k, make in table.items():
             ex = make()
             tic = time.perf_counter()
             loop(ex, first, device)
             times[k].append(time.perf_counter() - tic)
-        print(f"round {r + 1} done", flush=True)
+        print(f"round {r + 1} done: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
     from deltadit.baselines import UnmodifiedExecutor
 
     ref = loop(UnmodifiedExecutor(model, first.plan), first, device)  # fp32, uncached: the reference

@@ -124,8 +124,27 @@ def to_float16(model):
         n.op_type == "Pow" or (n.op_type == "Mul" and len(n.input) == 2 and n.input[0] == n.input[1]))]
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP16_KEEP_FP32),
                                      node_block_list=squares)
+    _drop_duplicate_nodes(model.graph)
     _sort_nodes(model.graph)  # the converter appends the input Casts last; ONNX (and TensorRT's parser) want order
     return model
+
+
+def _drop_duplicate_nodes(graph) -> None:
+    """Remove nodes that repeat an earlier node exactly (op, inputs, attributes, outputs). ONNX Runtime's
+    float16 converter inserts one ``<tensor>_cast_to_fp32`` Cast per consumer on some graphs (seen on
+    torch 2.11's export of PixArt's cross-attention), which breaks single static assignment."""
+    seen, kept = {}, []
+    for node in graph.node:
+        key = (node.op_type, tuple(node.input), tuple(a.SerializeToString() for a in node.attribute))
+        clash = [o for o in node.output if o in seen]
+        if clash and all(seen[o] == key for o in node.output):
+            continue
+        if clash:
+            raise ValueError(f"graph {graph.name} | tensor {clash[0]} is produced by two different nodes")
+        seen.update((o, key) for o in node.output)
+        kept.append(node)
+    graph.ClearField("node")
+    graph.node.extend(kept)
 
 
 def _sort_nodes(graph) -> None:

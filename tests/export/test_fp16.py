@@ -113,3 +113,22 @@ def test_bad_precision_is_one_line_error_before_any_work(tmp_path, capsys, monke
                              *flags)
     assert code == 2 and out == ""
     assert one_error_line(err).startswith("error: " + message)
+
+
+def test_duplicate_casts_from_the_float16_converter_are_merged_and_conflicts_refused():
+    """ONNX Runtime's converter emitted one `<t>_cast_to_fp32` Cast per consumer on torch 2.11's PixArt
+    graph (an H200 run): the export failed ONNX's SSA check. Exact repeats are dropped; a tensor written
+    by two different nodes is an error."""
+    from onnx import helper as h
+
+    from deltadit.export.onnx import _drop_duplicate_nodes
+
+    cast = dict(op_type="Cast", inputs=["a"], outputs=["a_cast_to_fp32"], to=FLOAT)
+    nodes = [h.make_node(**cast), h.make_node("Sqrt", ["a_cast_to_fp32"], ["s"]), h.make_node(**cast),
+             h.make_node("Exp", ["a_cast_to_fp32"], ["e"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("a", HALF, [2])], [])
+    _drop_duplicate_nodes(graph)
+    assert [n.op_type for n in graph.node] == ["Cast", "Sqrt", "Exp"]
+    graph.node.append(h.make_node("Cast", ["a"], ["a_cast_to_fp32"], to=HALF))
+    with pytest.raises(ValueError, match="a_cast_to_fp32 is produced by two different nodes"):
+        _drop_duplicate_nodes(graph)
