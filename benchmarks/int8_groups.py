@@ -35,7 +35,7 @@ def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
@@ -43,65 +43,65 @@ def main() -> None:
     p.add_argument("--calib-steps", type=int, default=4, help="steps of the calibration generation (random weights)")
     p.add_argument("--threads", type=int, default=0, help="ORT / torch intra-op threads (0 = default)")
     p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def export_pair(preset, plan, tmp: Path) -> float:
+    """An FP32 and an INT8 bundle of the same seeded weights in tmp/fp and tmp/q; the seconds taken."""
+    from deltadit.export.pipeline import export_bundle
+    from deltadit.export.quantize import Int8Options
+
+    tic = time.perf_counter()
+    export_bundle(preset, plan, tmp / "fp", random_init=True, progress=False, build_engines=False)
+    export_bundle(preset, plan, tmp / "q", random_init=True, progress=False, build_engines=False,
+                  int8=Int8Options(count=1, min_sqnr_db=0.0))
+    return time.perf_counter() - tic
+
+
+def group_functions(preset, plan, tmp: Path, threads: int) -> dict:
+    """name -> one call of the group on the same inputs: ONNX Runtime on each bundle's plain and fused
+    graph, PyTorch eager fp32 and bf16 autocast."""
     import onnxruntime as ort
     import torch
 
     from deltadit.bundle import read_bundle
-    from deltadit.export.pipeline import export_bundle, trace_inputs
-    from deltadit.export.quantize import Int8Options
+    from deltadit.export.load import load_transformer
+    from deltadit.export.pipeline import trace_inputs
     from deltadit.models import split
-    from deltadit.plan import build_plan
-    from deltadit.presets import load_preset
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = load_preset("pixart")
-    preset = base.with_overrides(transformer={**base.transformer, "num_layers": args.blocks}, steps=args.calib_steps)
-    plan = build_plan(args.calib_steps, args.blocks, 0, 0, 2, "none")  # one group: all blocks
     group = plan.groups[0].name
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        tic = time.perf_counter()
-        export_bundle(preset, plan, tmp / "fp", random_init=True, progress=False, build_engines=False)
-        export_bundle(preset, plan, tmp / "q", random_init=True, progress=False, build_engines=False,
-                      int8=Int8Options(count=1, min_sqnr_db=0.0))
-        export_s = time.perf_counter() - tic
-        q_info = read_bundle(tmp / "q").int8
+    model = load_transformer(preset, None, True, 0)
+    s = split(model, plan.groups, (preset.latent_side // 2, preset.latent_side // 2))
+    feeds = s.spec.example_inputs(s.config, 2, preset.text_len, preset.latent_side, torch.Generator().manual_seed(0))
+    args_in, _ = trace_inputs(s, feeds)[group]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    fns = {}
+    for name in ("fp", "q"):
+        entry = read_bundle(tmp / name).segment(group)
+        for suffix, rel in {"": entry.graph, "_mha": entry.ort_graph}.items():
+            if rel is None:
+                continue
+            sess = ort.InferenceSession(str(tmp / name / rel), opts, providers=["CPUExecutionProvider"])
+            wanted = {i.name for i in sess.get_inputs()}
+            np_in = {k: v.numpy() for k, v in args_in.items() if k in wanted}
+            fns[("ort_fp32" if name == "fp" else "ort_int8") + suffix] = lambda s=sess, f=np_in: s.run(None, f)
+    module = s.modules[group]
 
-        from deltadit.export.load import load_transformer
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            module(*args_in.values())
 
-        model = load_transformer(preset, None, True, 0)
-        s = split(model, plan.groups, (preset.latent_side // 2, preset.latent_side // 2))
-        feeds = s.spec.example_inputs(s.config, 2, preset.text_len, preset.latent_side, torch.Generator().manual_seed(0))
-        args_in, _ = trace_inputs(s, feeds)[group]
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if args.threads:
-            opts.intra_op_num_threads = args.threads
-        fns = {}
-        manifests = {name: read_bundle(tmp / name) for name in ("fp", "q")}
-        for name in ("fp", "q"):
-            entry = manifests[name].segment(group)
-            graphs = {"": entry.graph, "_mha": entry.ort_graph}
-            for suffix, rel in graphs.items():
-                if rel is None:
-                    continue
-                sess = ort.InferenceSession(str(tmp / name / rel), opts, providers=["CPUExecutionProvider"])
-                wanted = {i.name for i in sess.get_inputs()}
-                np_in = {k: v.numpy() for k, v in args_in.items() if k in wanted}
-                fns[("ort_fp32" if name == "fp" else "ort_int8") + suffix] = lambda s=sess, f=np_in: s.run(None, f)
-        module = s.modules[group]
+    fns["torch_fp32"] = lambda: module(*args_in.values())
+    fns["torch_bf16"] = bf16
+    return fns
 
-        def bf16():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                module(*args_in.values())
 
-        fns["torch_fp32"] = lambda: module(*args_in.values())
-        fns["torch_bf16"] = bf16
-        with torch.no_grad():
-            results = interleaved_medians(fns, args.warmup, args.repeats)
+def report(args, results: dict, q_info: dict, group: str, export_s: float) -> None:
+    import onnxruntime as ort
+    import torch
 
     ref = results["ort_fp32"]
     print(f"{args.blocks} PixArt-α blocks at 512 px (1024 tokens, hidden 1152), batch 2, random init; "
@@ -122,6 +122,30 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"ms": results, "int8_vs_fp32": ref / results["ort_int8"],
                                                "kernels": k, "blocks": args.blocks, "repeats": args.repeats}, indent=2))
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+
+    from deltadit.bundle import read_bundle
+    from deltadit.plan import build_plan
+    from deltadit.presets import load_preset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = load_preset("pixart")
+    preset = base.with_overrides(transformer={**base.transformer, "num_layers": args.blocks}, steps=args.calib_steps,
+                                 nc=0, b=0)  # the preset's plan is not used: one uncached group below
+    plan = build_plan(args.calib_steps, args.blocks, 0, 0, 2, "none")  # one group: all blocks
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        export_s = export_pair(preset, plan, tmp)
+        q_info = read_bundle(tmp / "q").int8
+        fns = group_functions(preset, plan, tmp, args.threads)
+        with torch.no_grad():
+            results = interleaved_medians(fns, args.warmup, args.repeats)
+    report(args, results, q_info, plan.groups[0].name, export_s)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def encode(tokenizer, text_encoder, prompts: list[str]):
     return text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0], tokens.attention_mask
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="deltadit/weights/animals")
     p.add_argument("--steps", type=int, default=1600)
@@ -75,81 +75,106 @@ def main() -> None:
                         "shifts the ε-loss towards high-noise steps, where the class is decided; 0 = plain MSE")
     p.add_argument("--save-every", type=int, default=0,
                    help="also write the EMA weights and log to --out every this many steps (0: only at the end)")
-    args = p.parse_args()
+    return p.parse_args(argv)
 
-    import copy
 
+def build_models(args, tokenizer):
+    """(transformer, text encoder) in train mode: fresh from the configs above, or continued from --init."""
     import diffusers
     from transformers import T5Config, T5EncoderModel
 
-    torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    images, labels = split("train")  # the first 900 of each class; the last 100 are held out
-    data = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)  # [-1, 1]
-    targets = torch.from_numpy(labels)
-
-    tokenizer = build_tokenizer()
     if args.init:
         text_encoder = T5EncoderModel.from_pretrained(Path(args.init) / "text_encoder")
         transformer = diffusers.PixArtTransformer2DModel.from_pretrained(Path(args.init) / "transformer")
     else:
         text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TEXT_ENCODER))
         transformer = diffusers.PixArtTransformer2DModel(**TRANSFORMER)
-    transformer.train()
-    text_encoder.train()
-    scheduler = diffusers.DDPMScheduler(**SCHEDULER)
-    alphas = scheduler.alphas_cumprod
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    warmup = args.warmup
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
-    ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
-    for m in (ema_t, ema_e):
-        m.requires_grad_(False)
+    return transformer.train(), text_encoder.train()
 
-    gen = torch.Generator().manual_seed(args.seed)
+
+def optimizer(args, params):
+    """AdamW with a linear warm-up into a cosine decay over --steps."""
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    return opt, sched
+
+
+def start_log(args) -> dict:
+    """The training log; continuing from --init extends that folder's log (one loss curve across runs)."""
     log = {"args": vars(args), "loss": [], "seconds": []}
-    if args.init and (Path(args.init) / "train_log.json").is_file():  # one log across runs
+    if args.init and (Path(args.init) / "train_log.json").is_file():
         prev = json.loads((Path(args.init) / "train_log.json").read_text())
         log["previous_runs"] = prev.get("previous_runs", []) + [{"args": prev["args"], "steps": len(prev["loss"]) - prev.get("previous_loss_steps", 0),
                                                                  "seconds": prev["total_seconds"]}]
         log["loss"] = prev["loss"]
         log["previous_loss_steps"] = len(prev["loss"])
-    tic = time.perf_counter()
-    order = torch.randperm(len(data), generator=gen)
-    cursor = 0
-    for step in range(args.steps):
+    return log
+
+
+def batches(data, targets, args, gen):
+    """Endless (x0, prompts) batches: reshuffled each epoch, mirrored half the time (silhouettes are
+    left/right symmetric as a class), the caption dropped with probability --cond-drop (for CFG)."""
+    order, cursor = torch.randperm(len(data), generator=gen), 0
+    while True:
         if cursor + args.batch > len(order):
             order, cursor = torch.randperm(len(data), generator=gen), 0
         idx = order[cursor: cursor + args.batch]
         cursor += args.batch
         x0 = data[idx]
-        if torch.rand((), generator=gen) < 0.5:  # silhouettes are left/right symmetric as a class
+        if torch.rand((), generator=gen) < 0.5:
             x0 = x0.flip(-1)
-        prompts = [random.choice(TEMPLATES).format(CLASSES[int(c)]) if random.random() >= args.cond_drop else ""
+        yield x0, [random.choice(TEMPLATES).format(CLASSES[int(c)]) if random.random() >= args.cond_drop else ""
                    for c in targets[idx]]
-        t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            emb, mask = encode(tokenizer, text_encoder, prompts)
-            pred = transformer(xt, encoder_hidden_states=emb, timestep=t, encoder_attention_mask=mask).sample
-        per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-        if args.snr_gamma > 0:
-            snr = alphas[t] / (1 - alphas[t])
-            per_sample = per_sample * snr.clamp(max=args.snr_gamma) / snr
-        loss = per_sample.mean()
+
+
+def loss_of(args, models, tokenizer, alphas, x0, prompts, gen):
+    """The ε-prediction loss of one batch at random timesteps (Min-SNR-γ weighted with --snr-gamma)."""
+    transformer, text_encoder = models
+    t = torch.randint(0, len(alphas), (len(x0),), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    a = alphas[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        emb, mask = encode(tokenizer, text_encoder, prompts)
+        pred = transformer(xt, encoder_hidden_states=emb, timestep=t, encoder_attention_mask=mask).sample
+    per_sample = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+    if args.snr_gamma > 0:
+        snr = alphas[t] / (1 - alphas[t])
+        per_sample = per_sample * snr.clamp(max=args.snr_gamma) / snr
+    return per_sample.mean()
+
+
+def main(argv=None) -> None:
+    import copy
+
+    import diffusers
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    images, labels = split("train")  # the first 900 of each class; the last 100 are held out
+    data = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)  # [-1, 1]
+    tokenizer = build_tokenizer()
+    models = build_models(args, tokenizer)
+    scheduler = diffusers.DDPMScheduler(**SCHEDULER)
+    params = [p for m in models for p in m.parameters()]
+    opt, sched = optimizer(args, params)
+    emas = [copy.deepcopy(m).eval().requires_grad_(False) for m in models]
+    gen = torch.Generator().manual_seed(args.seed)
+    log, tic = start_log(args), time.perf_counter()
+    data_iter = batches(data, torch.from_numpy(labels), args, gen)
+    for step in range(args.steps):
+        loss = loss_of(args, models, tokenizer, scheduler.alphas_cumprod, *next(data_iter), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         with torch.no_grad():
-            for ema, live in ((ema_t, transformer), (ema_e, text_encoder)):
+            for ema, live in zip(emas, models):
                 for pe, pl in zip(ema.parameters(), live.parameters()):
                     pe.lerp_(pl, 1 - args.ema)
         log["loss"].append(float(loss))
@@ -158,9 +183,8 @@ def main() -> None:
             recent = np.mean(log["loss"][-50:])  # (across runs when continuing)
             print(f"step {step:5d}  loss {recent:.4f}  {time.perf_counter() - tic:7.0f} s", flush=True)
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save(Path(args.out), ema_t, ema_e, tokenizer, scheduler, log, tic, completed=step + 1)
-
-    save(Path(args.out), ema_t, ema_e, tokenizer, scheduler, log, tic, completed=args.steps)
+            save(Path(args.out), *emas, tokenizer, scheduler, log, tic, completed=step + 1)
+    save(Path(args.out), *emas, tokenizer, scheduler, log, tic, completed=args.steps)
 
 
 def save(out: Path, ema_t, ema_e, tokenizer, scheduler, log: dict, tic: float, completed: int) -> None:
