@@ -3,9 +3,10 @@
 calibrate: record a held-out FP generation (inputs and FP outputs of every group, final latents), then
 quantize the groups in place with ModelOpt while the denoising loop runs the plan over the calibration
 set. Nothing keeps an FP copy of the model (at 28 PixArt-α blocks the copy was ~2.2 GB of RSS).
-guard: per quantized group, SQNR / relative error of the shipped INT8 ONNX on the held-out inputs,
-measured on the change the group makes; which MatMuls ONNX Runtime runs as INT8 kernels; and the final
-latents of the held-out generation on the exported bundle against the FP ones.
+guard (export/check.py runs it, one ONNX Runtime session at a time): per quantized group, SQNR / relative
+error of the shipped INT8 ONNX on the held-out inputs, measured on the change the group makes
+(:func:`group_guard`); which MatMuls ONNX Runtime runs as INT8 kernels (:func:`int8_kernels`); and the
+final latents of the held-out generation on the exported bundle against the FP ones (:func:`final_latents`).
 """
 
 from __future__ import annotations
@@ -122,32 +123,28 @@ def int8_kernels(path: Path) -> dict:
     return counts
 
 
-def guard(split, plan, preset, runner, work: Path, manifest: dict, holdout: dict, options, progress) -> dict:
-    """Quality and kernel checks of the exported INT8 groups (ONNX Runtime on ``work``) against the FP
-    outputs recorded by :func:`calibrate` (``split`` supplies only segments, spec and config)."""
+def group_guard(seg, runner, holdout: dict, options) -> tuple[dict, str | None]:
+    """One quantized group as exported (``runner``: ONNX Runtime) against the FP outputs recorded by
+    :func:`calibrate` on the held-out inputs, on the change it makes. Returns (quality, failure line or None)."""
+    q = group_quality(holdout["references"].get(seg.name, []),
+                      lambda feeds: {k: v.numpy() for k, v in runner.infer(seg.name, feeds).items()},
+                      holdout["samples"].get(seg.name, []), seg.outputs)
+    if q["sqnr_db"] >= options.min_sqnr_db:
+        return q, None
+    return q, (f"segment {seg.name} | INT8 SQNR {q['sqnr_db']:.1f} dB on held-out inputs (relative error "
+               f"{q['rel_err']:.2e} on the group's change) is below {options.min_sqnr_db} dB. Expected: "
+               "try --calibration percentile or smoothquant, more --calib-count, or keep more layers FP.")
+
+
+def final_latents(split, plan, preset, runner, holdout: dict) -> dict:
+    """The held-out generation end to end on the exported bundle (``runner``: every segment) against the
+    FP latents recorded by :func:`calibrate` (``split`` supplies only segments, spec and config)."""
     from deltadit.runtime.executor import DeltaDiTExecutor
 
-    failures, quality, kernels = [], {}, {}
-    for seg in split.segments:
-        if seg.kind != "group":
-            continue
-        samples = holdout["samples"].get(seg.name, [])
-        q = group_quality(holdout["references"].get(seg.name, []),
-                          lambda feeds, _n=seg.name: {k: v.numpy() for k, v in runner.infer(_n, feeds).items()}, samples,
-                          seg.outputs)
-        quality[seg.name] = q
-        kernels[seg.name] = int8_kernels(work / runner.graph_path(runner.entries[seg.name]))  # the graph ONNX Runtime runs
-        # On an x86 CPU without VNNI an 8-bit-weight group runs dequantized (exact) instead of int8 kernels.
-        kernels[seg.name]["emulated_here"] = seg.name in getattr(runner, "emulated_int8", [])
-        if not q["sqnr_db"] >= options.min_sqnr_db:
-            failures.append(f"segment {seg.name} | INT8 SQNR {q['sqnr_db']:.1f} dB on held-out inputs (relative error "
-                            f"{q['rel_err']:.2e} on the group's change) is below {options.min_sqnr_db} dB. Expected: "
-                            "try --calibration percentile or smoothquant, more --calib-count, or keep more layers FP.")
     executor = DeltaDiTExecutor(plan, split.segments, runner)
     latents = run_generation(executor, split.spec, split.config, preset, holdout["cond"], holdout["uncond"], holdout["seed"])
     ref = holdout["latents"]
     rel = float((latents - ref).abs().max() / ref.abs().max())
     final = sqnr(ref.numpy(), latents.numpy())
-    return {"quality": quality, "kernels": kernels, "failures": failures,
-            "final_latents": {"max_rel_err": rel, "sqnr_db": final["sqnr_db"], "steps": plan.num_steps,
-                              "against": "FP PyTorch with the same plan (the FP bundle matches it within the export tolerance)"}}
+    return {"max_rel_err": rel, "sqnr_db": final["sqnr_db"], "steps": plan.num_steps,
+            "against": "FP PyTorch with the same plan (the FP bundle matches it within the export tolerance)"}

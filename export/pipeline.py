@@ -24,6 +24,7 @@ from deltadit.bundle import FORMAT_VERSION, MANIFEST, sha256_file, write_json_at
 from deltadit.console import Stages, track
 from deltadit.errors import DeltaDiTError, raise_if
 from deltadit.export.check import check_onnx
+from deltadit.export.memory import release_memory
 from deltadit.export.publish import STAGES_FILE, Output, output_folder
 from deltadit.plan import DeltaPlan
 from deltadit.presets import Preset
@@ -192,6 +193,7 @@ def export_bundle(
                 int8_info, holdout = calibrate_int8(transformer, split, traced, plan, preset, int8, weights, random_init,
                                                     progress)
         del transformer  # split.modules now hold every weight; export_onnx drops each segment's once it is written
+        release_memory()  # calibration's activations leave the RSS before the ONNX export's peak
         target.segments = len(split.segments)
         vers = versions()
         with _stage(stages, report, "export", "export onnx"):
@@ -267,18 +269,18 @@ def export_onnx(split, traced: dict, target: Output, opset: int, vers: dict, fus
     """Stage 3: every segment to ONNX in ``target.work``, reusing finished segments whose key is
     unchanged (stages.json). Returns the manifest's segment entries (without checks).
     Consumes ``split.modules``: each segment's module is dropped once its ONNX is written (the later
-    stages use ``traced`` and the ONNX), so the weights are not held in PyTorch and ONNX Runtime at once
-    (benchmarks/export_memory.py measures the peak per stage)."""
-    import gc
-
+    stages use ``traced`` and the ONNX), so the weights are not held in PyTorch and ONNX Runtime at once.
+    Segments are traced smallest first: the largest group's trace (~3x its weights on top) then runs
+    with no other module left (benchmarks/export_memory.py --sample measures the peak per step)."""
     from deltadit.export.onnx import onnx_output_names
 
     work = target.work
     target.claim(STAGES_FILE, STAGES_FILE + ".tmp")
     stages_path = work / STAGES_FILE
     stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
-    entries = []
-    for seg in track(split.segments, "export onnx", enabled=progress, unit="segments"):
+    entries = {}
+    for seg in track(sorted(split.segments, key=lambda s: _weight_bytes(split.modules[s.name])), "export onnx",
+                     enabled=progress, unit="segments"):
         args, outs = traced[seg.name]
         shapes = {n: list(t.shape) for n, t in args.items()}
         fp16 = precision == "fp16" and seg.kind == "group"
@@ -295,16 +297,20 @@ def export_onnx(split, traced: dict, target: Output, opset: int, vers: dict, fus
             stages[seg.name] = {"key": key, "files": files, "ort_graph": ort_graph}
             write_json_atomic(stages_path, stages)
             report.exported.append(seg.name)
-        gc.collect()  # a dropped module caught in a reference cycle frees its weights now, not at some later stage
-        entries.append({
+        release_memory()  # the dropped module's weights and the trace's buffers leave the RSS now
+        entries[seg.name] = {
             "name": seg.name, "kind": seg.kind, "block_range": list(seg.block_range) if seg.block_range else None,
             "inputs": [_tensor_desc(n, t, None, split.spec.unbatched) for n, t in args.items()],
             "outputs": [_tensor_desc(n, outs[n], o, split.spec.unbatched) for n, o in zip(seg.outputs, onnx_output_names(seg))],
             "files": files,
             "precision": "int8" if int8_info and seg.name in int8_info["quantized"] else "fp16" if fp16 else "fp32",
             **({"ort_graph": ort_graph} if ort_graph else {}),
-        })
-    return entries
+        }
+    return [entries[seg.name] for seg in split.segments]
+
+
+def _weight_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 def _export_segment(modules: dict, seg, args: dict, target: Output, opset: int, fuse: bool, unbatched=(),

@@ -1,5 +1,6 @@
 """The export's memory: no FP copy of the model for INT8, every PyTorch weight dropped once its segment's
-ONNX is written (benchmarks/export_memory.py measures the peak RSS per stage at full size)."""
+ONNX is written, one ONNX Runtime session at a time in the check stage (benchmarks/export_memory.py
+measures the peak RSS per stage at full size)."""
 
 import gc
 import weakref
@@ -40,10 +41,56 @@ def _watch_weights(monkeypatch) -> dict:
     return seen
 
 
-def test_no_pytorch_weight_outlives_the_onnx_export(tmp_path, monkeypatch):
-    seen = _watch_weights(monkeypatch)
+def _watch_sessions(monkeypatch) -> list:
+    """(held-out generation running, sessions alive) at every ONNX Runtime session the export creates."""
+    import onnxruntime
+
+    import deltadit.export.int8 as int8
+
+    alive, created, state = weakref.WeakSet(), [], {"generation": False}
+    original_session, original_final = onnxruntime.InferenceSession, int8.final_latents
+
+    class Session(original_session):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            alive.add(self)
+            created.append((state["generation"], len(alive)))
+
+    def final_latents(*args, **kwargs):
+        state["generation"] = True
+        try:
+            return original_final(*args, **kwargs)
+        finally:
+            state["generation"] = False
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    monkeypatch.setattr(int8, "final_latents", final_latents)
+    return created
+
+
+def _watch_traces(monkeypatch, seen: dict) -> list:
+    """(parameters of the module traced, parameters of the split alive then) at every ONNX trace."""
+    import deltadit.export.onnx as onnx_stage
+
+    traced, original = [], onnx_stage._trace
+
+    def trace(module, *args, **kwargs):
+        gc.collect()
+        traced.append((sum(p.numel() for p in module.parameters()), sum(r().numel() for r in seen["refs"] if r() is not None)))
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_stage, "_trace", trace)
+    return traced
+
+
+def test_export_traces_largest_last_drops_every_weight_and_checks_one_session_at_a_time(tmp_path, monkeypatch):
+    seen, sessions = _watch_weights(monkeypatch), _watch_sessions(monkeypatch)
+    traces = _watch_traces(monkeypatch, seen)
     pipeline.export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "b", random_init=True, progress=False)
     assert len(seen["refs"]) > 0 and seen["alive_at_check"] == 0
+    # the largest group's trace needs ~3x its weights on top: it comes last, when no other module is left
+    assert [n for n, _ in traces] == sorted(n for n, _ in traces) and traces[-1][1] == traces[-1][0]
+    assert len(sessions) == len(PLAN.groups) + 2 and all(n == 1 for _, n in sessions)  # every segment, one at a time
 
 
 @pytest.mark.slow
@@ -51,7 +98,7 @@ def test_int8_export_quantizes_the_splits_own_groups_and_drops_them(tmp_path, mo
     pytest.importorskip("modelopt.torch.quantization")
     from deltadit.export.quantize import Int8Options
 
-    seen = _watch_weights(monkeypatch)
+    seen, sessions = _watch_weights(monkeypatch), _watch_sessions(monkeypatch)
     original = pipeline.calibrate_int8
 
     def calibrate_int8(transformer, s, *args, **kwargs):
@@ -66,6 +113,11 @@ def test_int8_export_quantizes_the_splits_own_groups_and_drops_them(tmp_path, mo
                            int8=Int8Options(count=1, min_sqnr_db=-100.0))
     assert seen["quantized"] and seen["copied"] == []  # in place: the exported groups are the split's own weights
     assert len(seen["refs"]) > 0 and seen["alive_at_check"] == 0
+    # check + guard one session at a time (each group's check, then its kernel probe); only the held-out
+    # generation holds every segment's session, as the runtime does
+    segments = len(PLAN.groups) + 2
+    assert [n for gen, n in sessions if not gen] == [1] * (segments + len(PLAN.groups))
+    assert [n for gen, n in sessions if gen] == list(range(1, segments + 1))
 
 
 def test_recorder_keeps_each_sampled_input_with_the_groups_output_on_it():

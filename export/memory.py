@@ -1,0 +1,36 @@
+"""Giving freed memory back to the OS between the export's large steps.
+
+glibc keeps freed blocks of up to its mmap threshold (which grows to 32 MiB after large frees: a
+PixArt-α weight is 5-21 MiB) in the heap, so a dropped module, a serialised ONNX graph or a closed ONNX
+Runtime session stays in the process's RSS until ``malloc_trim`` returns the free pages. That is
+invisible to Python but counts for the device's memory (benchmarks/export_memory.py --sample).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    """glibc's handle, or None where there is no ``malloc_trim`` (musl, macOS, Windows)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_memory() -> bool:
+    """Collect Python's reference cycles, then return the C heap's free pages to the OS.
+    Returns whether ``malloc_trim`` ran (False: no glibc; only the collection happened)."""
+    gc.collect()
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
