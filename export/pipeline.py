@@ -306,7 +306,10 @@ def export_onnx(split, traced: dict, target: Output, opset: int, vers: dict, fus
             "precision": "int8" if int8_info and seg.name in int8_info["quantized"] else "fp16" if fp16 else "fp32",
             **({"ort_graph": ort_graph} if ort_graph else {}),
         }
-    return [entries[seg.name] for seg in split.segments]
+    order = [seg.name for seg in split.segments]  # traced by size, reported in the model's order
+    report.exported.sort(key=order.index)
+    report.reused.sort(key=order.index)
+    return [entries[name] for name in order]
 
 
 def _weight_bytes(module) -> int:

@@ -185,3 +185,53 @@ def save_components(root, transformer, vae, components: dict):
         if part is not None:
             part.save_pretrained(root / name)
     return root
+
+
+@pytest.fixture(scope="session")
+def pixart_folder(tmp_path_factory):
+    """save_pipeline_folder(build_pixart()) once per session. Shared: pass it as weights / --pipeline; a test
+    that changes it works on its own shutil.copytree."""
+    return save_pipeline_folder(tmp_path_factory.mktemp("pixart-pipe"), build_pixart())
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, pixart_folder):
+    """tiny_bundle(arch, variant="delta-dit", pipeline=False, name="b", **export_args) -> the folder of
+    tests/export's tiny bundle: plan build_plan(STEPS, BLOCKS, 3, 12, 2, variant), random-init weights (or,
+    pipeline=True, the pixart_folder's), folder called ``name`` (bench names configurations after it).
+    Exported once per session per distinct arguments; tiny_bundle.reports[folder] is its ExportReport.
+    Shared across modules: a test that changes the bundle works on its own shutil.copytree."""
+    from deltadit.export.pipeline import export_bundle
+    from deltadit.plan import build_plan
+    from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
+
+    exported = {}
+
+    def get(arch: str = "pixart", variant: str = "delta-dit", pipeline: bool = False, name: str = "b", **export_args):
+        assert arch == "pixart" or not pipeline, "pixart_folder holds a PixArt pipeline"
+        key = (arch, variant, pipeline, name, tuple(sorted(export_args.items())))
+        if key not in exported:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}-{variant}") / name
+            source = {"weights": str(pixart_folder)} if pipeline else {"random_init": True}
+            get.reports[out] = export_bundle(tiny_preset(arch), build_plan(STEPS, BLOCKS, 3, 12, 2, variant), out,
+                                             progress=False, **source, **export_args)
+            exported[key] = out
+        return exported[key]
+
+    get.reports = {}  # bundle folder -> its ExportReport
+    return get
+
+
+@pytest.fixture(scope="session")
+def animals_text_bundle(tmp_path_factory):
+    """The embedded model's bundle with its text encoder, exported by the `deltadit-export --text-encoder`
+    command (a real subprocess: the entry point as installed). Shared, never changed."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("animals") / "bundle"
+    venv = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv"))
+    export = venv / "bin" / "deltadit-export"
+    subprocess.run([str(export), "--text-encoder", "--out", str(out)], check=True, capture_output=True, timeout=900)
+    return out

@@ -7,17 +7,15 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from deltadit import bench
-from deltadit.export.pipeline import export_bundle
 from deltadit.costs import path_name
 from deltadit.plan import build_plan
-from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
+from tests.export.test_bundle import BLOCKS, STEPS
 
 
-def test_bench_times_every_configuration(tmp_path, capsys):
-    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
-    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+def test_bench_times_every_configuration(tiny_bundle, tmp_path, capsys):
+    fp = tiny_bundle("pixart", name="fp", build_engines=False)  # configurations "ort fp ..."
     out = tmp_path / "bench.json"
-    assert bench.main([str(tmp_path / "fp"), "--repeats", "2", "--json", str(out), "--chart", str(tmp_path / "c.png")]) == 0
+    assert bench.main([str(fp), "--repeats", "2", "--json", str(out), "--chart", str(tmp_path / "c.png")]) == 0
     s = json.loads(out.read_text())
     names = list(s["configs"])
     assert names == ["torch-fp32", "torch-fp32+delta-dit", "torch-bf16", "torch-bf16+delta-dit", "ort fp (fp32)",
@@ -47,7 +45,7 @@ def test_bench_times_every_configuration(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_compiled_baselines_per_step(tmp_path):
+def test_bench_compiled_baselines_per_step(tiny_bundle, tmp_path):
     """torch.compile baselines (whole forward, and each split segment under the plan) compute what eager
     does, and --torch-per-step estimates their loop from the step paths' medians."""
     import torch
@@ -56,14 +54,14 @@ def test_bench_compiled_baselines_per_step(tmp_path):
     from deltadit.runtime import load
 
     plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
-    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
-    b = load(tmp_path / "fp")
+    fp = tiny_bundle("pixart", name="fp", build_engines=False)
+    b = load(fp)
     by_name = {x.name: x for x in baselines(torch_model(b), b.plan, ("fp32",), compile_=True)}
     assert list(by_name) == ["torch-fp32", "torch-fp32+delta-dit", "torch-compile-fp32", "torch-compile-fp32+delta-dit"]
     eager, compiled = by_name["torch-fp32+delta-dit"].factory(), by_name["torch-compile-fp32+delta-dit"].factory()
     torch.testing.assert_close(bench.run_loop(compiled, b), bench.run_loop(eager, b), rtol=1e-4, atol=1e-5)
     out = tmp_path / "bench.json"
-    assert bench.main([str(tmp_path / "fp"), "--repeats", "2", "--warmup", "1", "--torch-dtypes", "fp32", "--compile",
+    assert bench.main([str(fp), "--repeats", "2", "--warmup", "1", "--torch-dtypes", "fp32", "--compile",
                        "--torch-per-step", "--configs", "torch-compile*", "--json", str(out)]) == 0
     r = json.loads(out.read_text())["configs"]["torch-compile-fp32+delta-dit"]
     steps = [path_name(s) for s in plan.steps]
@@ -84,11 +82,10 @@ def test_bench_needs_a_bundle():
         bench.main([])
 
 
-def test_bench_configs_filter(tmp_path, capsys):
-    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
-    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+def test_bench_configs_filter(tiny_bundle, tmp_path, capsys):
+    fp = tiny_bundle("pixart", name="fp", build_engines=False)
     out = tmp_path / "bench.json"
-    assert bench.main([str(tmp_path / "fp"), "--repeats", "1", "--configs", "ort *+delta-dit,torch-bf16", "--json", str(out)]) == 0
+    assert bench.main([str(fp), "--repeats", "1", "--configs", "ort *+delta-dit,torch-bf16", "--json", str(out)]) == 0
     s = json.loads(out.read_text())
     assert list(s["configs"]) == ["torch-bf16", "ort fp (fp32)+delta-dit"]
     # segments are timed once per bundle even when only its cached configuration runs
@@ -96,32 +93,30 @@ def test_bench_configs_filter(tmp_path, capsys):
     from deltadit.errors import DeltaDiTError
 
     with pytest.raises(DeltaDiTError, match="matches no configuration.*'ort fp \\(fp32\\)'"):
-        bench.main([str(tmp_path / "fp"), "--no-torch", "--configs", "nothing*"])
+        bench.main([str(fp), "--no-torch", "--configs", "nothing*"])
 
 
-def test_bench_memory_for_selected_configurations(tmp_path):
-    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
-    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+def test_bench_memory_for_selected_configurations(tiny_bundle, tmp_path):
+    fp = tiny_bundle("pixart", name="fp", build_engines=False)
     out = tmp_path / "bench.json"
-    assert bench.main([str(tmp_path / "fp"), "--no-torch", "--repeats", "1", "--no-loops", "--memory", "ort *+delta-dit",
+    assert bench.main([str(fp), "--no-torch", "--repeats", "1", "--no-loops", "--memory", "ort *+delta-dit",
                        "--json", str(out)]) == 0
     s = json.loads(out.read_text())["configs"]
     assert "peak_rss_mib" not in s["ort fp (fp32)"]
     assert s["ort fp (fp32)+delta-dit"]["peak_rss_mib"] > 50  # a fresh Python with torch + onnxruntime
 
 
-def test_bench_runs_every_bundle_on_each_backend_side_by_side(tmp_path, monkeypatch, capsys):
+def test_bench_runs_every_bundle_on_each_backend_side_by_side(tiny_bundle, tmp_path, monkeypatch, capsys):
     pytest.importorskip("openvino")
     monkeypatch.setenv("DELTADIT_CACHE", str(tmp_path / "cache"))
-    plan = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
-    export_bundle(tiny_preset("pixart"), plan, tmp_path / "fp", random_init=True, progress=False, build_engines=False)
+    fp = tiny_bundle("pixart", name="fp", build_engines=False)
     out = tmp_path / "bench.json"
-    assert bench.main([str(tmp_path / "fp"), "--no-torch", "--repeats", "1", "--backends", "onnxrt,openvino",
+    assert bench.main([str(fp), "--no-torch", "--repeats", "1", "--backends", "onnxrt,openvino",
                        "--memory", "ov *+delta-dit", "--json", str(out)]) == 0
     s = json.loads(out.read_text())["configs"]
     assert list(s) == ["ort fp (fp32)", "ort fp (fp32)+delta-dit", "ov fp (fp32)", "ov fp (fp32)+delta-dit"]
     assert s["ov fp (fp32)+delta-dit"]["speedup_vs_uncached_same_backend"] > 0
     assert "overhead_vs_segments" in s["ov fp (fp32)+delta-dit"] and s["ov fp (fp32)+delta-dit"]["peak_rss_mib"] > 50
     with pytest.raises(SystemExit) as stop:
-        bench.main([str(tmp_path / "fp"), "--backends", "tensorrtx"])
+        bench.main([str(fp), "--backends", "tensorrtx"])
     assert stop.value.code == 2 and "--backends | 'tensorrtx' is not a list of backends" in capsys.readouterr().err

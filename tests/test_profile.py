@@ -5,8 +5,6 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from deltadit.profile import aggregate, format_profile, main, profile_bundle
-from deltadit.export.pipeline import export_bundle
-from tests.export.test_bundle import tiny_preset
 
 
 def test_aggregate_sums_node_kernel_times_by_kind():
@@ -20,9 +18,8 @@ def test_aggregate_sums_node_kernel_times_by_kind():
     assert "| gemm | 0.0 | 66.7 % |" in format_profile(r)
 
 
-def test_profile_a_bundle_step(tmp_path, capsys):
-    preset = tiny_preset("pixart")
-    export_bundle(preset, preset.plan(), tmp_path / "b", random_init=True, progress=False)
-    r = profile_bundle(tmp_path / "b", repeats=1)
+def test_profile_a_bundle_step(tiny_bundle, capsys):
+    bundle = tiny_bundle("pixart")  # the preset's plan: delta-dit
+    r = profile_bundle(bundle, repeats=1)
     assert r["by_kind"]["gemm"] > 0 and r["by_op"].get("MultiHeadAttention", 0) > 0  # the fused graphs ran
-    assert main([str(tmp_path / "b"), "--repeats", "1"]) == 0 and "| kind |" in capsys.readouterr().out
+    assert main([str(bundle), "--repeats", "1"]) == 0 and "| kind |" in capsys.readouterr().out

@@ -44,16 +44,16 @@ def lib(cpp):
 
 
 @pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
+def bundles(tmp_path_factory, tiny_bundle):
+    """Name -> bundle folder; shared, copied before any change. dit: the session's tiny DiT bundle."""
     root = tmp_path_factory.mktemp("cpp-bundles")
     export_bundle(tiny_preset("pixart"), build_plan(20, 6, 3, 12, 2, "delta-dit", CUTS), root / "pixart", random_init=True,
                   progress=False)
-    export_bundle(tiny_preset("dit"), build_plan(20, 6, 3, 12, 2, "delta-dit"), root / "dit", random_init=True, progress=False)
     sd3 = Preset(name="tiny-sd3", description="tiny", arch="sd3", source="", transformer=SD3_TINY, steps=6, b=3, nc=2,
                  interval=2, variant="delta-dit", scheduler="flow-euler", guidance_scale=5.0, text_len=8, resolution=8,
                  vae_scale=1, scheduler_config=FLOW_CONFIG).check()
     export_bundle(sd3, sd3.plan(), root / "sd3", random_init=True, progress=False)
-    return root
+    return {"pixart": root / "pixart", "dit": tiny_bundle("dit"), "sd3": root / "sd3"}  # dit: build_plan(20, 6, 3, 12)
 
 
 def edited(src: Path, dst: Path, change) -> Path:
@@ -135,7 +135,7 @@ def python_floor(run, want, scheduler: str, table: str) -> float:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_plan_variant_matches_python(lib, bundles, tmp_path, variant):
     plan = build_plan(20, 6, 3, 12, 2, variant, CUTS).to_dict()
-    path = edited(bundles / "pixart", tmp_path / "b", lambda m: m.update(plan=plan))
+    path = edited(bundles["pixart"], tmp_path / "b", lambda m: m.update(plan=plan))
     cached = compare(lib, path)
     if variant != "none":  # the cache changes the result: the plan was really applied
         assert not np.allclose(cached, compare(lib, path, cache=False), rtol=0, atol=1e-6)
@@ -146,13 +146,13 @@ def test_schedulers_match_python(lib, bundles, tmp_path, scheduler, guidance):
     # dpm-solver++ is the variants' scheduler, flow-euler SD3's; LCM draws step noise from the seed's generator.
     # DDIM's first step divides by sqrt(alphas_cumprod[950]) ~ 0.01 (x0 = 97 x ...), so one-ulp roundings
     # of torch's sqrt move even Python's own result by ~3e-5: it is held to that measured floor.
-    path = edited(bundles / "pixart", tmp_path / "b", lambda m: m["sampling"].update(scheduler=scheduler, guidance_scale=guidance))
+    path = edited(bundles["pixart"], tmp_path / "b", lambda m: m["sampling"].update(scheduler=scheduler, guidance_scale=guidance))
     compare(lib, path, floor=("DDIMScheduler", "alphas_cumprod") if scheduler == "ddim" else None)
 
 
 @pytest.mark.parametrize("arch", ["dit", "sd3"])
 def test_dit_and_sd3_bundles_match_python(lib, bundles, arch):
-    compare(lib, bundles / arch)
+    compare(lib, bundles[arch])
 
 
 @pytest.mark.slow
@@ -168,16 +168,16 @@ def test_int8_bundle_matches_python(lib, tmp_path):
 
 def test_noise_drawn_from_a_seed_is_torchs(lib, bundles):
     """Without noise passed in, C++ draws torch's CPU normal noise for the seed: Python's image for that seed."""
-    handle = lib.open(bundles / "dit")
+    handle = lib.open(bundles["dit"])
     got, times = lib.generate(handle, class_id=7, seed=11)
     lib.close(handle)
-    want = python_latents(bundles / "dit", {"class_labels": torch.tensor([7])}, {"class_labels": torch.tensor([1000])}, 11)
+    want = python_latents(bundles["dit"], {"class_labels": torch.tensor([7])}, {"class_labels": torch.tensor([1000])}, 11)
     assert_close(got, want)
     assert 0 < times["segments"] <= times["total"]
 
 
 def test_eight_threads_on_one_bundle_give_the_single_thread_result(cpp, bundles):
-    for path, inputs in ((bundles / "pixart", ["encoder_hidden_states:5x32", "encoder_attention_mask:5"]), (bundles / "dit", [])):
+    for path, inputs in ((bundles["pixart"], ["encoder_hidden_states:5x32", "encoder_attention_mask:5"]), (bundles["dit"], [])):
         done = subprocess.run([cpp / "deltadit_selftest", path, "8", *inputs], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
@@ -208,7 +208,7 @@ def cli(cpp, *args, env=None):
 def test_bad_bundles_are_refused_with_the_error_named(cpp, bundles, tmp_path, tamper, message):
     import re
 
-    path = shutil.copytree(bundles / "pixart", tmp_path / "b")
+    path = shutil.copytree(bundles["pixart"], tmp_path / "b")
     data = path / "onnx" / "blocks_00_01.onnx.data"
     if tamper == "corrupt":
         raw = bytearray(data.read_bytes())
@@ -241,27 +241,19 @@ def _sha(path: Path) -> str:
 
 def test_cli_usage_and_conditioning_errors(cpp, bundles):
     assert cli(cpp).returncode == 2
-    done = cli(cpp, bundles / "dit", "--class", 1000)
+    done = cli(cpp, bundles["dit"], "--class", 1000)
     assert done.returncode == 1 and "class | 1000 is out of range. Expected: an id in [0, 1000)" in done.stderr
-    done = cli(cpp, bundles / "pixart", "--prompt", "a cat")
+    done = cli(cpp, bundles["pixart"], "--prompt", "a cat")
     assert done.returncode == 1 and "carries no text encoder" in done.stderr
-    done = cli(cpp, bundles / "dit", "--class", 3, "--out", "x.png")
+    done = cli(cpp, bundles["dit"], "--class", 3, "--out", "x.png")
     assert done.returncode == 1 and "decodes with a VAE" in done.stderr
 
 
-@pytest.fixture(scope="session")
-def animals(tmp_path_factory):
-    """The embedded model's bundle with its text encoder (deltadit-export --text-encoder)."""
-    out = tmp_path_factory.mktemp("animals") / "bundle"
-    export = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "deltadit-export"
-    subprocess.run([str(export), "--text-encoder", "--out", str(out)], check=True, capture_output=True, timeout=900)
-    return out
-
-
 @pytest.mark.slow
-def test_animals_prompt_to_image_in_cpp_equals_python(cpp, animals, tmp_path):
+def test_animals_prompt_to_image_in_cpp_equals_python(cpp, animals_text_bundle, tmp_path):
     from PIL import Image
 
+    animals = animals_text_bundle  # exported by the deltadit-export command
     png, raw = tmp_path / "cat.png", tmp_path / "cat.f32"
     done = cli(cpp, animals, "--prompt", "A Cat", "--seed", 4, "--out", png, "--latents-out", raw)
     assert done.returncode == 0, done.stderr
@@ -285,10 +277,10 @@ def test_sanitizer_build_runs_the_cpp_tests_clean(bundles, tmp_path):
         pytest.skip("no C++ compiler (c++ / g++ / clang++) on PATH")
     folder = build(ROOT / "build" / "cpp-asan", "-DDELTADIT_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=Debug")
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
-    for path, inputs in ((bundles / "pixart", ["encoder_hidden_states:5x32", "encoder_attention_mask:5"]), (bundles / "dit", [])):
+    for path, inputs in ((bundles["pixart"], ["encoder_hidden_states:5x32", "encoder_attention_mask:5"]), (bundles["dit"], [])):
         done = subprocess.run([folder / "deltadit_selftest", path, "3", *inputs], capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0 and "ERROR: AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr, done.stderr[-3000:]
-    bad = edited(bundles / "pixart", tmp_path / "v", lambda m: m.update(format_version=3))
+    bad = edited(bundles["pixart"], tmp_path / "v", lambda m: m.update(format_version=3))
     done = cli(folder, bad, "--class", 1, env=env)
     assert done.returncode == 1 and "format version 3" in done.stderr and "Sanitizer" not in done.stderr
 
@@ -312,5 +304,5 @@ def test_installed_package_builds_a_consumer_with_three_cmake_lines(cpp, bundles
     subprocess.run([tool("cmake"), "-S", str(app), "-B", str(app / "build"), "-G", "Ninja", f"-DCMAKE_PREFIX_PATH={prefix}"],
                    check=True, capture_output=True, env=env)
     subprocess.run([tool("cmake"), "--build", str(app / "build")], check=True, capture_output=True, env=env)
-    done = subprocess.run([app / "build" / "app", bundles / "dit"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([app / "build" / "app", bundles["dit"]], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "256", done.stderr

@@ -51,12 +51,12 @@ def generate(executor, preset, config):
 
 @pytest.mark.parametrize("variant", ["none", "delta-dit", "shallow", "middle", "deep"])
 @pytest.mark.parametrize("arch", ["pixart", "dit"])
-def test_onnxrt_bundle_matches_pytorch_runtime(tmp_path, arch, variant):
+def test_onnxrt_bundle_matches_pytorch_runtime(tiny_bundle, arch, variant):
     preset = tiny_preset(arch)
     plan = build_plan(STEPS, BLOCKS, 3, 12, 2, variant)
-    report = export_bundle(preset, plan, tmp_path / "b", random_init=True, progress=False)
-    assert not (tmp_path / "b.partial").exists() and report.reused == []
-    bundle = runtime.load(tmp_path / "b")
+    out = tiny_bundle(arch, variant)  # exported once per session: later modules reuse these bundles
+    assert not out.with_name(out.name + ".partial").exists() and tiny_bundle.reports[out].reused == []
+    bundle = runtime.load(out)
     assert bundle.plan == plan and bundle.manifest.model.random_init is True
 
     model = load_transformer(preset, None, random_init=True, seed=0)
@@ -66,12 +66,10 @@ def test_onnxrt_bundle_matches_pytorch_runtime(tmp_path, arch, variant):
     assert rel <= 1e-4, f"relative error of final latents {rel:.2e}"
 
 
-def test_bundle_runs_batch_one_and_uncached(tmp_path):
+def test_bundle_runs_batch_one_and_uncached(tiny_bundle):
     """No CFG (batch 1) on a bundle traced at the CFG batch, and the --no-cache path."""
     preset = tiny_preset("dit")
-    plan = build_plan(STEPS, BLOCKS, 3, 12)
-    export_bundle(preset, plan, tmp_path / "b", random_init=True, progress=False)
-    bundle = runtime.load(tmp_path / "b")
+    bundle = runtime.load(tiny_bundle("dit"))
     model = load_transformer(preset, None, random_init=True, seed=0)
     x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.tensor([3])
     with torch.no_grad():
@@ -80,11 +78,9 @@ def test_bundle_runs_batch_one_and_uncached(tmp_path):
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-5
 
 
-@pytest.fixture(scope="module")
-def good_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "good"
-    export_bundle(tiny_preset("pixart"), build_plan(STEPS, BLOCKS, 3, 12), out, random_init=True, progress=False)
-    return out
+@pytest.fixture
+def good_bundle(tiny_bundle):
+    return tiny_bundle("pixart")  # build_plan(STEPS, BLOCKS, 3, 12): the delta-dit plan; shared, copy() to change it
 
 
 def copy(bundle, tmp_path):

@@ -18,13 +18,9 @@ from deltadit.plan import build_plan
 from tests.export.test_bundle import BLOCKS, STEPS, generate, tiny_preset
 
 
-@pytest.fixture(scope="module", params=["pixart", "dit"])
-def bundle(request, tmp_path_factory):
-    arch = request.param
-    out = tmp_path_factory.mktemp(arch) / "b"
-    export_bundle(tiny_preset(arch), build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit"), out, random_init=True,
-                  progress=False)
-    return arch, out
+@pytest.fixture(params=["pixart", "dit"])
+def bundle(request, tiny_bundle):
+    return request.param, tiny_bundle(request.param)  # the delta-dit plan; shared, never changed in place
 
 
 def test_groups_get_a_fused_graph_with_one_mha_per_self_attention(bundle):

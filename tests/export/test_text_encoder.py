@@ -22,18 +22,15 @@ from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
 PLAN = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
 
 
-def export_with_text_encoder(root):
-    """A tiny PixArt pipeline folder (conftest's word-level T5 tokenizer: pad 0, eos 1, unk 2) and its bundle
-    with the text encoder. Returns (bundle, folder)."""
-    folder = save_pipeline_folder(root / "pipe", build_pixart())
-    export_bundle(tiny_preset("pixart"), PLAN, root / "bundle", weights=str(folder), progress=False,
-                  build_engines=False, text_encoder=True)
-    return root / "bundle", folder
+def export_with_text_encoder(tiny_bundle, folder):
+    """The session's tiny PixArt bundle (PLAN) exported from conftest's pixart_folder (its word-level T5
+    tokenizer: pad 0, eos 1, unk 2) with the text encoder. Returns (bundle, folder); shared, never changed."""
+    return tiny_bundle("pixart", pipeline=True, build_engines=False, text_encoder=True), folder
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export_with_text_encoder(tmp_path_factory.mktemp("te"))
+@pytest.fixture
+def exported(tiny_bundle, pixart_folder):
+    return export_with_text_encoder(tiny_bundle, pixart_folder)
 
 
 @pytest.fixture

@@ -13,18 +13,11 @@ pytest.importorskip("onnxruntime")
 from deltadit import cli, runtime
 from deltadit.bundle import read_bundle
 from deltadit.errors import DeltaDiTError
-from deltadit.export.pipeline import export_bundle
-from deltadit.plan import build_plan
-from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
-
-PLAN = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    out = tmp_path_factory.mktemp("closed") / "b"
-    export_bundle(tiny_preset("pixart"), PLAN, out, random_init=True, progress=False)
-    return out
+@pytest.fixture
+def pristine(tiny_bundle):
+    return tiny_bundle("pixart")  # the delta-dit plan; shared with other modules, never changed in place
 
 
 @pytest.fixture
@@ -159,11 +152,9 @@ def test_cli_check_fails_cleanly_on_a_tampered_bundle(bundle, capsys):
     assert err.startswith("error: ") and "files and hashes OK" not in err and "Traceback" not in err
 
 
-def test_bad_scheduler_config_never_writes_an_image(bundle, tmp_path, capsys):
+def test_bad_scheduler_config_never_writes_an_image(bundle, pixart_folder, tmp_path, capsys):
     """beta = 1 makes every alpha 0: the schedule divides by zero. No PNG from such latents."""
-    from tests.conftest import build_pixart, save_pipeline_folder
-
-    folder = save_pipeline_folder(tmp_path / "pipe", build_pixart())
+    folder = pixart_folder
     edit(bundle, lambda m: m["sampling"]["scheduler_config"].update(beta_start=1.0, beta_end=1.0))
     out = tmp_path / "x.png"
     assert cli.main(["generate", str(bundle), "--prompt", "a cat", "--pipeline", str(folder), "--out", str(out)]) == 2

@@ -21,12 +21,9 @@ from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
 PLAN = build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit")
 
 
-@pytest.fixture(scope="module")
-def pixart_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    folder = save_pipeline_folder(root / "pipe", build_pixart())
-    export_bundle(tiny_preset("pixart"), PLAN, root / "bundle", weights=str(folder), progress=False)
-    return root / "bundle", folder
+@pytest.fixture
+def pixart_bundle(tiny_bundle, pixart_folder):
+    return tiny_bundle("pixart", pipeline=True), pixart_folder  # PLAN on save_pipeline_folder(build_pixart())
 
 
 def pixart_pipe(folder, plan=None):
@@ -91,10 +88,9 @@ def test_missing_text_encoder_says_where_it_looked(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_random_init_bundle_needs_pipeline(tmp_path):
-    export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "b", random_init=True, progress=False)
+def test_random_init_bundle_needs_pipeline(tiny_bundle):
     with pytest.raises(DeltaDiTError, match="no --pipeline given"):
-        runtime.generate(tmp_path / "b", prompt="a cat")
+        runtime.generate(tiny_bundle("pixart"), prompt="a cat")
 
 
 def test_wrong_condition_kind(pixart_bundle):
@@ -120,29 +116,27 @@ def test_dit_generate_matches_diffusers_pipeline(tmp_path):
     assert np.abs(again.image - result.image).max() <= 1e-6
 
 
-def test_bundle_from_other_weights_than_the_pipeline_holds_is_refused(tmp_path):
+def test_bundle_from_other_weights_than_the_pipeline_holds_is_refused(pixart_bundle, tmp_path):
     """The text encoder comes from the --pipeline folder; if its weights are not those the bundle was
     exported from, its encoder does not match the exported transformer: refused unless overridden."""
     import shutil
 
     from deltadit.sources import weights_fingerprint
 
-    folder = save_pipeline_folder(tmp_path / "pipe", build_pixart())
-    export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "bundle", weights=str(folder), progress=False)
-    bundle = runtime.load(tmp_path / "bundle")
+    path, shared = pixart_bundle
+    folder = shutil.copytree(shared, tmp_path / "pipe")  # a copy of the weights the bundle came from, to replace
+    bundle = runtime.load(path)
     assert bundle.manifest.model.weights_sha256 == weights_fingerprint(str(folder))
     runtime.generate(bundle, prompt="a cat", seed=0, pipeline=folder)  # unchanged: fine
     shutil.rmtree(folder / "transformer")
     build_pixart(seed=1).save_pretrained(folder / "transformer")  # retrained / replaced weights
-    fresh = runtime.load(tmp_path / "bundle")
+    fresh = runtime.load(path)
     with pytest.raises(DeltaDiTError, match=r"--pipeline .* \| holds other transformer / text-encoder weights"):
         runtime.generate(fresh, prompt="a cat", seed=0, pipeline=folder)
     runtime.generate(fresh, prompt="a cat", seed=0, pipeline=folder, allow_other_weights=True)  # the user's explicit call
 
 
-def test_manifest_source_is_never_opened_without_the_user_naming_it(tmp_path):
+def test_manifest_source_is_never_opened_without_the_user_naming_it(pixart_bundle):
     """A manifest naming a folder (here: the real pipeline) does not make generate load from it."""
-    folder = save_pipeline_folder(tmp_path / "pipe", build_pixart())
-    export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "bundle", weights=str(folder), progress=False)
     with pytest.raises(DeltaDiTError, match=r"does not open on a manifest's word\. Expected: --pipeline DIR"):
-        runtime.generate(tmp_path / "bundle", prompt="a cat")
+        runtime.generate(pixart_bundle[0], prompt="a cat")

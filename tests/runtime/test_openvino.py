@@ -29,12 +29,21 @@ def preset_for(arch: str) -> Preset:
     return tiny_preset(arch)
 
 
+def bundle_for(arch: str, tmp_path, tiny_bundle):
+    """The session's shared tiny bundle (pixart, dit: the preset's plan), or a fresh one (sd3, flux)."""
+    if arch not in MMDIT:
+        return tiny_bundle(arch)
+    preset = preset_for(arch)
+    export_bundle(preset, preset.plan(), tmp_path / "b", random_init=True, progress=False)
+    return tmp_path / "b"
+
+
 @pytest.mark.parametrize("arch", ["pixart", "dit", "sd3", "flux"])
-def test_openvino_runs_the_plan_like_the_pytorch_runtime(tmp_path, arch):
+def test_openvino_runs_the_plan_like_the_pytorch_runtime(tmp_path, tiny_bundle, arch):
     preset = preset_for(arch)
     plan = preset.plan()
-    export_bundle(preset, plan, tmp_path / "b", random_init=True, progress=False)
-    bundle = runtime.load(tmp_path / "b", backend="openvino", cache_dir=tmp_path / "cache")
+    path = bundle_for(arch, tmp_path, tiny_bundle)
+    bundle = runtime.load(path, backend="openvino", cache_dir=tmp_path / "cache")
     cond, uncond = bundle.spec.random_condition(bundle.config, preset.text_len, 1, 2, torch.Generator().manual_seed(2))
     setup = from_manifest(bundle.manifest)
     got = sample(bundle.executor(), bundle.spec, bundle.config, setup, cond, uncond, 5)
@@ -44,17 +53,17 @@ def test_openvino_runs_the_plan_like_the_pytorch_runtime(tmp_path, arch):
     rel = float((got - ref).abs().max() / ref.abs().max())
     assert rel <= 1e-4, rel
     assert list((tmp_path / "cache").iterdir()), "compiled blobs go to the cache folder, not the bundle"
-    assert not list((tmp_path / "b").rglob("*.blob"))
+    assert not list(path.rglob("*.blob"))
 
 
-def test_cli_check_on_openvino_and_bad_options(tmp_path, capsys, monkeypatch):
+def test_cli_check_on_openvino_and_bad_options(tiny_bundle, tmp_path, capsys, monkeypatch):
     from deltadit import cli
 
     monkeypatch.setenv("DELTADIT_CACHE", str(tmp_path / "cache"))
-    export_bundle(tiny_preset("dit"), preset_for("dit").plan(), tmp_path / "b", random_init=True, progress=False)
-    assert cli.main(["check", str(tmp_path / "b"), "--backend", "openvino"]) == 0
+    bundle = tiny_bundle("dit")  # the preset's plan: delta-dit
+    assert cli.main(["check", str(bundle), "--backend", "openvino"]) == 0
     assert "finite=True" in capsys.readouterr().out
-    assert cli.main(["check", str(tmp_path / "b"), "--backend", "openvino", "--providers", "CPUExecutionProvider"]) == 2
+    assert cli.main(["check", str(bundle), "--backend", "openvino", "--providers", "CPUExecutionProvider"]) == 2
     assert "--providers | applies to --backend onnxrt" in capsys.readouterr().err
     with pytest.raises(DeltaDiTError, match=r"precision \| 'fp8' is unknown for OpenVINO"):
-        runtime.load(tmp_path / "b", backend="openvino", precision="fp8")
+        runtime.load(bundle, backend="openvino", precision="fp8")

@@ -154,11 +154,9 @@ def test_build_engine_translates_profile_flags_and_timing_cache(tmp_path):
     assert ("timing_cache_in", b"timing") in trt.calls  # the second build starts from the first's cache
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trt") / "b"
-    export_bundle(tiny_preset("pixart"), PLAN, out, random_init=True, progress=False)
-    return out
+@pytest.fixture
+def bundle_dir(tiny_bundle):
+    return tiny_bundle("pixart")  # PLAN; shared with other modules, never changed in place
 
 
 def test_export_states_why_engines_were_not_built(bundle_dir):

@@ -19,9 +19,9 @@ from tests.export.test_text_encoder import export_with_text_encoder
 PROMPTS = ["A red cat", "", "  THE Dog on  ", "a giraffe on the grass with a red dog", "zebra, cat!"]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export_with_text_encoder(tmp_path_factory.mktemp("te"))
+@pytest.fixture
+def exported(tiny_bundle, pixart_folder):
+    return export_with_text_encoder(tiny_bundle, pixart_folder)
 
 
 def rel(a, b):
@@ -69,17 +69,15 @@ def test_pixart_vae_still_needs_the_pipeline(exported):
 
 
 @pytest.mark.slow
-def test_animals_bundle_goes_from_prompt_to_image_alone(tmp_path, monkeypatch):
+def test_animals_bundle_goes_from_prompt_to_image_alone(animals_text_bundle, tmp_path, monkeypatch):
     """The embedded pixel-space model with its text encoder: `deltadit generate BUNDLE --prompt` reads
     nothing outside the bundle, and equals the path through the model's PyTorch T5."""
     from deltadit.cli import build_parser, plan_from_args
-    from deltadit.export.pipeline import export_bundle
     from deltadit.presets import load_preset
 
     preset = load_preset("animals")
-    plan = plan_from_args(build_parser().parse_args(["plan"]))[1]
-    export_bundle(preset, plan, tmp_path / "b", progress=False, build_engines=False, text_encoder=True)
-    bundle = runtime.load(tmp_path / "b")
+    bundle = runtime.load(animals_text_bundle)  # `deltadit-export --text-encoder`: the default plan
+    assert bundle.plan == plan_from_args(build_parser().parse_args(["plan"]))[1]
     reference = runtime.generate(bundle, prompt="a giraffe", seed=1,
                                  conditioner=TextConditioner(*components_root(preset.source), preset.text_len))
 
@@ -87,7 +85,7 @@ def test_animals_bundle_goes_from_prompt_to_image_alone(tmp_path, monkeypatch):
         raise AssertionError("a pipeline folder was looked for")
 
     monkeypatch.setattr("deltadit.runtime.generation.bundle_components_root", nothing_outside)
-    got = runtime.generate(runtime.load(tmp_path / "b"), prompt="a giraffe", seed=1)
+    got = runtime.generate(runtime.load(animals_text_bundle), prompt="a giraffe", seed=1)
     assert rel(got.latents, reference.latents) <= 1e-4
-    assert cli.main(["generate", str(tmp_path / "b"), "--prompt", "a giraffe", "--out", str(tmp_path / "g.png")]) == 0
+    assert cli.main(["generate", str(animals_text_bundle), "--prompt", "a giraffe", "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").is_file()

@@ -10,24 +10,16 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("transformers")
 
 from deltadit import runtime
-from deltadit.export.pipeline import export_bundle
-from deltadit.plan import build_plan
 from deltadit.runtime import conditioning
-from tests.conftest import build_pixart, save_pipeline_folder
-from tests.export.test_bundle import BLOCKS, STEPS, tiny_preset
 
 THREADS = 8
 JOBS = [("a red cat", 0, True), ("a dog on the grass", 1, True), ("the giraffe", 2, False), ("a cat", 3, True),
         ("red grass", 4, False), ("a dog", 5, True), ("a red giraffe", 6, True), ("the cat on a dog", 7, False)]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("threads")
-    folder = save_pipeline_folder(root / "pipe", build_pixart())
-    export_bundle(tiny_preset("pixart"), build_plan(STEPS, BLOCKS, 3, 12, 2, "delta-dit"), root / "bundle",
-                  weights=str(folder), progress=False)
-    return root / "bundle", folder
+@pytest.fixture
+def exported(tiny_bundle, pixart_folder):
+    return tiny_bundle("pixart", pipeline=True), pixart_folder  # the delta-dit plan on save_pipeline_folder's weights
 
 
 def run(bundle, folder, job):
