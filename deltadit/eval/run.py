@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from deltadit.errors import DeltaDiTError
-from deltadit.eval.stats import DEFAULT_ROUNDS, Interval, accuracy_interval, fid_interval, frechet_distance
+from deltadit.eval.stats import (DEFAULT_ROUNDS, Interval, accuracy_interval, fid_interval, frechet_distance,
+                                 paired_delta_interval)
 
 MAX_PER_CLASS = 1000  # generated images per class prompt and row (animal-mnist has 1000 real ones per class)
 ROWS = ("baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8")
@@ -100,15 +101,21 @@ def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditi
     return np.concatenate(images)
 
 
-def latency_ms(bundle, conditioner, repeats: int) -> float:
-    """Median wall time of one image's denoising loop (batch 1, CFG batch 2) on this bundle."""
+def loop_times_ms(bundle, conditioner, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` denoising loops of one image (batch 1, CFG batch 2) on this bundle, after
+    one warm-up loop."""
     times = []
     for r in range(repeats + 1):
         tic = time.perf_counter()
         _generate_all(bundle, ["a cat"], 1, 10_000 + r, conditioner)
         if r:  # the first run warms up the sessions
             times.append((time.perf_counter() - tic) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def latency_ms(bundle, conditioner, repeats: int) -> float:
+    """Median wall time of one image's denoising loop (batch 1, CFG batch 2) on this bundle."""
+    return statistics.median(loop_times_ms(bundle, conditioner, repeats))
 
 
 def slug(name: str) -> str:
@@ -149,10 +156,15 @@ class Fid:
         ref = self.helper.ref_stat_dict
         return frechet_distance(ref["mu"], ref["sigma"], self.features(images))
 
-    def interval(self, images: np.ndarray, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> Interval:
-        """FID with its bootstrap interval over the generated images (the reference stays fixed)."""
+    def interval(self, feats: np.ndarray, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> Interval:
+        """FID of generated features (:meth:`features`) with its bootstrap interval (the reference stays fixed)."""
         ref = self.helper.ref_stat_dict
-        return fid_interval(ref["mu"], ref["sigma"], self.features(images), rounds, seed)
+        return fid_interval(ref["mu"], ref["sigma"], feats, rounds, seed)
+
+    def delta(self, feats: np.ndarray, base_feats: np.ndarray, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> Interval:
+        """FID(feats) - FID(base_feats) of paired image sets, with its paired bootstrap interval."""
+        ref = self.helper.ref_stat_dict
+        return paired_delta_interval(feats, base_feats, lambda f: frechet_distance(ref["mu"], ref["sigma"], f), rounds, seed)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,9 +185,12 @@ def save_grid(images: np.ndarray, per_class: int, path: Path, columns: int = 8) 
 
 def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, calib_count: int = 4,
              latency_repeats: int = 5, reference_per_class: int = 100, progress: bool = True,
-             bootstrap_rounds: int = DEFAULT_ROUNDS) -> dict:
+             bootstrap_rounds: int = DEFAULT_ROUNDS, extra: list[Row] = (), bundle_root: Path | None = None,
+             keep_fp: tuple[str, ...] = ()) -> dict:
     """reference_per_class: held-out real images per class for FID (all 100 by default).
-    bootstrap_rounds: resamples of the generated images behind each FID / accuracy 95 % interval."""
+    bootstrap_rounds: resamples of the generated images behind each FID / accuracy 95 % interval.
+    extra: rows scored after the named ones (e.g. `deltadit tune`'s chosen plans). bundle_root: where the
+    rows' bundles are exported or reused (default out/bundles). keep_fp: layers INT8 rows keep in FP32."""
     import torch
 
     from deltadit.console import track
@@ -196,7 +211,10 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     conditioner = TextConditioner(root, looked, preset.text_len)
     prompts = [f"a {c}" for c in classes]
     labels = np.repeat(np.arange(len(classes)), per_class)
-    rows = rows_for(preset, names if "baseline" in names else ("baseline", *names))
+    rows = rows_for(preset, names if "baseline" in names else ("baseline", *names)) + list(extra)
+    clash = sorted({slug(r.name) for r in rows if [slug(o.name) for o in rows].count(slug(r.name)) > 1})
+    if clash:
+        raise DeltaDiTError(f"eval | rows {', '.join(clash)} share a bundle folder. Expected: rows with distinct names.")
     spec = get_spec(preset.arch)
     block = spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution)
     base_macs = plan_costs(rows[0].plan, block, preset.cfg_batch).plan_macs
@@ -206,23 +224,28 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     fid = Fid(real.astype(np.float32) / 255)
     judge = load_classifier()
     torch.manual_seed(seed)
-    results, baseline_images = [], None
+    results, base = [], None  # base: the baseline row's (images, features, correct)
     for row in track(rows, "eval rows", enabled=progress, unit="rows"):
-        bundle = load(bundle_for(row, preset, out / "bundles", calib_count))
+        bundle = load(bundle_for(row, preset, bundle_root or out / "bundles", calib_count, keep_fp if row.int8 else ()))
         tic = time.perf_counter()
         images = _generate_all(bundle, prompts, per_class, seed, conditioner)
         gen_s = time.perf_counter() - tic
-        if baseline_images is None:
-            baseline_images = images
+        feats, correct = fid.features(images), predict(judge, images).numpy() == labels
+        base = base or (images, feats, correct)
         macs = plan_costs(row.plan, block, preset.cfg_batch).plan_macs
-        acc = accuracy_interval(predict(judge, images).numpy() == labels, bootstrap_rounds, seed)
-        fid_ci = fid.interval(images, bootstrap_rounds, seed)
+        acc = accuracy_interval(correct, bootstrap_rounds, seed)
+        fid_ci = fid.interval(feats, bootstrap_rounds, seed)
+        deltas = {"fid_delta_ci": fid.delta(feats, base[1], bootstrap_rounds, seed).to_dict(),
+                  "class_accuracy_delta_ci": paired_delta_interval(
+                      correct, base[2], np.mean, bootstrap_rounds, seed).to_dict()} if results else {}
+        loops = loop_times_ms(bundle, conditioner, latency_repeats)
         results.append({
             "row": row.name, "steps": row.plan.num_steps, "variant": row.plan.variant, "precision": "int8" if row.int8 else "fp32",
             "n_c": row.plan.n_c, "b": row.plan.b, "macs": macs, "macs_ratio": macs / base_macs, "speedup_bound": base_macs / macs,
-            "latency_ms": latency_ms(bundle, conditioner, latency_repeats), "fid": fid_ci.value, "class_accuracy": acc.value,
+            "latency_ms": statistics.median(loops), "latency_ms_range": [min(loops), max(loops)],
+            "fid": fid_ci.value, "class_accuracy": acc.value,
             "fid_ci": fid_ci.to_dict(), "class_accuracy_ci": acc.to_dict(),
-            "psnr_vs_baseline": psnr(images, baseline_images), "generate_all_s": gen_s,
+            "psnr_vs_baseline": psnr(images, base[0]), "generate_all_s": gen_s, **deltas,
         })
         save_grid(images, per_class, out / "grids" / f"{row.name.split(' ')[0]}.png")
     base_latency = results[0]["latency_ms"]
@@ -243,15 +266,26 @@ def format_table(report: dict) -> str:
     lines = [f"{report['samples_per_row']} images per row ({report['per_class']} per class x 10 prompts, seeds "
              f"{report['seed']}..{report['seed'] + report['per_class'] - 1}); FID vs {report['fid_reference']}; "
              f"{report['scheduler']}, guidance {report['guidance_scale']}.", "",
-             "FID and class accuracy: value [95 % bootstrap interval over the generated images].", "",
-             "| row | steps | N_c | precision | MACs | bound | latency ms | measured | FID ↓ | class acc ↑ | PSNR vs baseline ↑ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "FID and class accuracy: value [95 % bootstrap interval over the generated images]; Δ vs baseline: "
+             "the difference [paired 95 % bootstrap interval: both rows resampled with the same prompts and seeds].", "",
+             "| row | steps | N_c | precision | MACs | bound | latency ms (min–max) | measured | FID ↓ | ΔFID vs baseline | "
+             "class acc ↑ | Δacc vs baseline | PSNR vs baseline ↑ |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['row']} | {r['steps']} | {r['n_c']} | {r['precision']} | {format_macs(r['macs'])} | "
-                     f"{r['speedup_bound']:.2f}x | {r['latency_ms']:.0f} | {r['measured_speedup']:.2f}x | {_ci(r, 'fid', 1, 2)} | "
-                     f"{_ci(r, 'class_accuracy', 100, 1)}% | "
+                     f"{r['speedup_bound']:.2f}x | {_latency(r)} | {r['measured_speedup']:.2f}x | {_ci(r, 'fid', 1, 2)} | "
+                     f"{_delta(r, 'fid', 1, 2)} | {_ci(r, 'class_accuracy', 100, 1)}% | "
+                     f"{_delta(r, 'class_accuracy', 100, 1)} | "
                      + ("—" if r["row"] == "baseline" else f"{r['psnr_vs_baseline']:.1f} dB") + " |")
     return "\n".join(lines) + "\n"
+
+
+def _delta(row: dict, key: str, scale: float, digits: int) -> str:
+    """'+2.10 [+0.85, +3.40]': the row's paired difference to the baseline ('—' for the baseline, or a row
+    from before the paired intervals)."""
+    ci = row.get(f"{key}_delta_ci")
+    if ci is None:
+        return "—"
+    return f"{scale * ci['value']:+.{digits}f} [{scale * ci['low']:+.{digits}f}, {scale * ci['high']:+.{digits}f}]"
 
 
 def _ci(row: dict, key: str, scale: float, digits: int) -> str:
@@ -259,3 +293,9 @@ def _ci(row: dict, key: str, scale: float, digits: int) -> str:
     ci = row.get(f"{key}_ci")
     value = f"{scale * row[key]:.{digits}f}"
     return value if ci is None else f"{value} [{scale * ci['low']:.{digits}f}, {scale * ci['high']:.{digits}f}]"
+
+
+def _latency(row: dict) -> str:
+    """'453 (431–470)': median (min–max) ms of the timed loops (a row from before the range: the median)."""
+    lo_hi = row.get("latency_ms_range")
+    return f"{row['latency_ms']:.0f}" + ("" if lo_hi is None else f" ({lo_hi[0]:.0f}–{lo_hi[1]:.0f})")

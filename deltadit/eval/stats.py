@@ -72,3 +72,14 @@ def fid_interval(mu_ref: np.ndarray, sigma_ref: np.ndarray, feats: np.ndarray, r
                  seed: int = 0) -> Interval:
     """FID of the generated features with its bootstrap interval (resampling generated images)."""
     return bootstrap(np.asarray(feats, dtype=np.float64), lambda f: frechet_distance(mu_ref, sigma_ref, f), rounds, seed=seed)
+
+
+def paired_delta_interval(rows: np.ndarray, base: np.ndarray, statistic: Callable[[np.ndarray], float],
+                          rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> Interval:
+    """statistic(rows) - statistic(base) with a *paired* bootstrap interval: row i of both sets comes from the
+    same prompt and seed, so both are resampled with the same indices and the noise they share cancels
+    (an interval that excludes 0 says the two differ, which two overlapping per-row intervals cannot)."""
+    if rows.shape != base.shape:
+        raise ValueError(f"paired sets differ in shape: {rows.shape} vs {base.shape}")
+    pairs = np.stack([np.asarray(rows, np.float64), np.asarray(base, np.float64)], 1)  # (n, 2, ...)
+    return bootstrap(pairs, lambda p: statistic(p[:, 0]) - statistic(p[:, 1]), rounds, seed=seed)

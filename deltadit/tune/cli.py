@@ -21,6 +21,7 @@ from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
 from deltadit.tune.pareto import Result, best_within, front, plot, table
+from deltadit.tune.metrics import full_metrics, read_report
 from deltadit.tune.space import Candidate, Grid, candidates, latency_prune
 
 
@@ -104,8 +105,9 @@ def loop_seconds(preset, c: Candidate, root: Path, backend: str, calib_count: in
     from deltadit.eval.run import Row, bundle_for, latency_ms
     from deltadit.runtime import load
     from deltadit.runtime.conditioning import TextConditioner, components_root
+    from deltadit.tune.metrics import row_name
 
-    row = Row(c.name.replace(" ", "_").replace("=", ""), c.plan, c.int8)
+    row = Row(row_name(c.name), c.plan, c.int8)
     path = bundle_for(row, preset, root, calib_count, keep_fp if c.int8 else ())
     bundle = load(path, backend=backend) if backend != "onnxrt" else load(path)
     root_dir, looked = components_root(preset.source)
@@ -200,11 +202,25 @@ def cmd_tune(args) -> int:
                 int8=(False, True) if args.int8 else (False,))
     if args.budget is not None and args.latency_budget is not None:
         raise DeltaDiTError("--budget | and --latency-budget both given. Expected: one of them.")
-    report = tune(preset, Path(args.out), grid, args.budget, args.latency_budget, args.backend, args.screen_samples,
-                  args.shortlist, args.min_psnr, args.calib_count, args.latency_repeats,
-                  tuple(g for g in args.int8_keep_fp.split(",") if g), args.int8_sensitivity, args.int8_target_psnr,
-                  progress=True)
-    print(summary(report, Path(args.out)))
+    if args.metrics_only and not args.metrics_samples:
+        raise DeltaDiTError("--metrics-only | given without --metrics-samples. Expected: --metrics-samples N (e.g. 200).")
+    out = Path(args.out)
+    if args.metrics_only:
+        report = read_report(out)
+        if report.get("model") != preset.name:
+            raise DeltaDiTError(f"--metrics-only | {out}/results.json is a tune of model '{report.get('model')}', not "
+                                f"'{preset.name}'. Expected: the same --model as that run.")
+    else:
+        report = tune(preset, out, grid, args.budget, args.latency_budget, args.backend, args.screen_samples,
+                      args.shortlist, args.min_psnr, args.calib_count, args.latency_repeats,
+                      tuple(g for g in args.int8_keep_fp.split(",") if g), args.int8_sensitivity,
+                      args.int8_target_psnr, progress=True)
+        print(summary(report, out))
+    if args.metrics_samples:
+        from deltadit.eval.run import format_table
+
+        print(format_table(full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds)))
+        print(f"wrote {out}/metrics/results.json, {out}/metrics/table.md, {out}/metrics/grids/")
     return 0
 
 
@@ -219,7 +235,7 @@ def _ints(name: str, value) -> tuple[int, ...]:
 def add_parser(sub) -> None:
     """Register `deltadit tune` on the main CLI's subparsers."""
     from deltadit import validate
-    from deltadit.cli import flag
+    from deltadit.cli import _samples, flag
 
     integer, real = validate.integer, validate.real
     t = sub.add_parser("tune", help="search Δ-DiT plans (and INT8) against the uncached reference; Pareto table, "
@@ -249,6 +265,13 @@ def add_parser(sub) -> None:
     t.add_argument("--calib-count", type=flag(integer, "--calib-count", 1, validate.MAX_CALIB_COUNT, parse=int), default=4)
     t.add_argument("--latency-repeats", type=flag(integer, "--latency-repeats", 1, validate.MAX_REPEATS, parse=int),
                    default=3)
+    t.add_argument("--metrics-samples", type=flag(_samples, "--metrics-samples"), default=0, metavar="N",
+                   help="then FID / class accuracy with 95%% bootstrap intervals on N images per row (a multiple of "
+                        "10) for the baseline, fewer steps, Δ-DiT, INT8 and the chosen / composed candidates (eval model)")
+    t.add_argument("--bootstrap-rounds", type=flag(integer, "--bootstrap-rounds", 10, 10_000, parse=int), default=200,
+                   help="bootstrap resamples behind each interval of --metrics-samples (default 200)")
+    t.add_argument("--metrics-only", action="store_true",
+                   help="skip the search: score the finished run in --out (its results.json) with --metrics-samples")
     t.add_argument("--out", type=flag(lambda name, value: str(validate.output_folder(name, value)), "--out"),
                    default="tune/animals", help="folder for table.md, pareto.png, results.json, plan.json, bundles/")
     t.set_defaults(func=lambda a: cmd_tune(a))

@@ -14,7 +14,6 @@ from deltadit import runtime
 from deltadit.eval.classifier import load_classifier, predict
 from deltadit.eval.data import CLASSES, split
 from deltadit.eval.run import evaluate, psnr, rows_for
-from deltadit.export.pipeline import export_bundle
 from deltadit.presets import load_preset
 
 PRESET = load_preset("animals")
@@ -36,9 +35,21 @@ def test_train_and_test_splits_do_not_overlap():
 
 
 @pytest.fixture(scope="module")
-def default_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("animals") / "bundle"
-    export_bundle(PRESET, PRESET_PLAN(), out, progress=False, build_engines=False)
+def small_run(tmp_path_factory):
+    """One small `deltadit eval` run (2 images per class and row); its row bundles serve the other tests."""
+    out = tmp_path_factory.mktemp("eval")
+    # 20 bootstrap rounds, not 200: the intervals' statistics are tests/tune/test_eval_ci.py's subject; here each
+    # round is one FID (~20 ms at 2048 features), and no assertion below reads an interval.
+    report = evaluate(PRESET, out, ("baseline", "delta-dit", "delta-dit+int8"), per_class=2, calib_count=1,
+                      latency_repeats=1, reference_per_class=2, progress=False, bootstrap_rounds=20)
+    return report, out
+
+
+@pytest.fixture(scope="module")
+def default_bundle(small_run):
+    """The small run's delta-dit row: an fp32 bundle of the CLI's default plan (read only)."""
+    out = small_run[1] / "bundles" / "delta-dit"
+    assert runtime.load(out).plan == PRESET_PLAN()
     return out
 
 
@@ -76,9 +87,8 @@ def test_rows_follow_the_paper(tmp_path):
     assert rows["int8"].int8 and rows["int8"].plan.variant == "none"
 
 
-def test_eval_small_run(tmp_path):
-    report = evaluate(PRESET, tmp_path, ("baseline", "delta-dit", "delta-dit+int8"), per_class=2, calib_count=1,
-                      latency_repeats=1, reference_per_class=2, progress=False)
+def test_eval_small_run(small_run):
+    report, out = small_run
     rows = {r["row"]: r for r in report["rows"]}
     assert report["samples_per_row"] == 20
     assert rows["baseline"]["psnr_vs_baseline"] == 100.0 and rows["baseline"]["speedup_bound"] == 1.0
@@ -86,10 +96,10 @@ def test_eval_small_run(tmp_path):
     for r in rows.values():
         assert np.isfinite(r["fid"]) and r["fid"] > 0 and 0 <= r["class_accuracy"] <= 1 and r["latency_ms"] > 0
     assert rows["delta-dit"]["psnr_vs_baseline"] < 100  # caching changed the images, a little
-    assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["row"] == "delta-dit"
-    assert "| delta-dit+int8 |" in (tmp_path / "table.md").read_text()
-    assert (tmp_path / "grids" / "delta-dit+int8.png").is_file()
-    manifest = json.loads((tmp_path / "bundles" / "delta-dit+int8" / "manifest.json").read_text())
+    assert json.loads((out / "results.json").read_text())["rows"][1]["row"] == "delta-dit"
+    assert "| delta-dit+int8 |" in (out / "table.md").read_text()
+    assert (out / "grids" / "delta-dit+int8.png").is_file()
+    manifest = json.loads((out / "bundles" / "delta-dit+int8" / "manifest.json").read_text())
     assert manifest["int8"]["calibration"]["conditioning"] == "prompts"  # the model's own text encoder and classes
     assert manifest["int8"]["calibration"]["prompts"][:2] == ["a bear", "a bird"]
 
@@ -101,17 +111,17 @@ def test_psnr():
     assert psnr(a, b) == pytest.approx((100 + 20) / 2)
 
 
-def test_eval_reuses_a_row_bundle_only_for_the_same_weights(tmp_path, monkeypatch):
+def test_eval_reuses_a_row_bundle_only_for_the_same_weights(small_run, monkeypatch):
     from deltadit.eval import run
 
-    row = run.rows_for(PRESET, ("baseline",))[0]
-    out = run.bundle_for(row, PRESET, tmp_path, 1)
-    first = (out / "manifest.json").stat().st_mtime_ns
-    assert run.bundle_for(row, PRESET, tmp_path, 1) == out  # same plan, precision and weights: reused
+    row, root = run.rows_for(PRESET, ("baseline",))[0], small_run[1] / "bundles"
+    out = root / "baseline"
+    first = (out / "manifest.json").stat().st_mtime_ns  # exported by the small run
+    assert run.bundle_for(row, PRESET, root, 1) == out  # same plan, precision and weights: reused
     assert (out / "manifest.json").stat().st_mtime_ns == first
 
     exported = []
     monkeypatch.setattr("deltadit.export.pipeline.export_bundle", lambda *a, **k: exported.append(a[2]))
     monkeypatch.setattr("deltadit.sources.weights_fingerprint", lambda source: "other weights")
-    run.bundle_for(row, PRESET, tmp_path, 1)  # the embedded weights changed since: export again
+    run.bundle_for(row, PRESET, root, 1)  # the embedded weights changed since: export again
     assert exported == [out]
