@@ -19,3 +19,18 @@ def raise_if(problems: list[str], header: str | None = None) -> None:
         raise DeltaDiTError(problems[0])
     lines = ([header] if header else []) + [f"  - {p}" for p in problems]
     raise DeltaDiTError("\n".join(lines))
+
+
+def read_json(path, subject: str, how: str):
+    """``path``'s JSON; a missing or unreadable file is one :class:`DeltaDiTError` line:
+    "<subject> | <path> does not exist. <how>" or "... is not readable JSON (<error type>). <how>"."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeltaDiTError(f"{subject} | {path} does not exist. {how}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DeltaDiTError(f"{subject} | {path} is not readable JSON ({type(e).__name__}). {how}") from None

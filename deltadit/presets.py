@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from deltadit import validate as v
-from deltadit.errors import DeltaDiTError, raise_if
+from deltadit.errors import DeltaDiTError, raise_if, read_json
 from deltadit.schedulers import SCHEDULER_NAMES
 from deltadit.sources import is_embedded
 
@@ -295,18 +295,12 @@ def _float(x):
 def load_plan_file(path, preset: "Preset"):
     """The DeltaPlan stored in ``path`` (DeltaPlan.to_json, or `deltadit plan --json`'s object with a "plan"
     key), refused in one line unless it was built for ``preset``'s block count and stage cuts."""
-    import json
     from pathlib import Path
 
     from deltadit.plan import DeltaPlan
 
     path, how = Path(path), "Expected: a plan file written by `deltadit tune` or `deltadit plan --json`."
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DeltaDiTError(f"--plan | {path} does not exist. {how}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DeltaDiTError(f"--plan | {path} is not readable JSON ({type(e).__name__}). {how}") from None
+    d = read_json(path, "--plan", how)
     if isinstance(d, dict) and "plan" in d and "steps" not in d:
         d = d["plan"]
     try:

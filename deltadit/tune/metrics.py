@@ -11,10 +11,9 @@ whose plan and precision repeat an earlier row are scored once. Bundles are reus
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from deltadit.errors import DeltaDiTError
+from deltadit.errors import DeltaDiTError, read_json
 
 FIXED_ROWS = ("baseline", "fewer-steps", "delta-dit", "int8")
 
@@ -47,12 +46,7 @@ def read_report(out: Path) -> dict:
     """The results.json a finished `deltadit tune` run left in ``out`` (refused in one line otherwise)."""
     path = Path(out) / "results.json"
     how = "Expected: the --out folder of a finished `deltadit tune` run (its results.json)."
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DeltaDiTError(f"--metrics-only | {path} does not exist. {how}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DeltaDiTError(f"--metrics-only | {path} is not readable JSON ({type(e).__name__}). {how}") from None
+    report = read_json(path, "--metrics-only", how)
     if not isinstance(report, dict) or not {"settings", "results"} <= report.keys():
         raise DeltaDiTError(f"--metrics-only | {path} has no 'settings' / 'results'. {how}")
     return report
