@@ -33,14 +33,19 @@ class Interval:
 
 
 def bootstrap(rows: np.ndarray, statistic: Callable[[np.ndarray], float], rounds: int = DEFAULT_ROUNDS,
-              level: float = 0.95, seed: int = 0) -> Interval:
-    """statistic(rows) and its percentile-bootstrap interval over resamples of ``rows`` (first axis)."""
+              level: float = 0.95, seed: int = 0, bias_correct: bool = False) -> Interval:
+    """statistic(rows) and its percentile-bootstrap interval over resamples of ``rows`` (first axis).
+    bias_correct: shift the interval by the resamples' bias (their mean minus the estimate), for a
+    statistic that resampling itself moves: a resample repeats images, which FID reads as lost diversity,
+    so uncorrected FID intervals sit above the estimate (measured: +9 to +20 at 200 images)."""
     rng = np.random.default_rng(seed)
     n = len(rows)
     values = [statistic(rows[rng.integers(0, n, n)]) for _ in range(rounds)]
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
-    return Interval(float(statistic(rows)), float(low), float(high), level)
+    value = float(statistic(rows))
+    shift = float(np.mean(values)) - value if bias_correct else 0.0
+    return Interval(value, float(low) - shift, float(high) - shift, level)
 
 
 def accuracy_interval(correct: np.ndarray, rounds: int = DEFAULT_ROUNDS, seed: int = 0) -> Interval:
@@ -70,8 +75,9 @@ def frechet_distance(mu_ref: np.ndarray, sigma_ref: np.ndarray, feats: np.ndarra
 
 def fid_interval(mu_ref: np.ndarray, sigma_ref: np.ndarray, feats: np.ndarray, rounds: int = DEFAULT_ROUNDS,
                  seed: int = 0) -> Interval:
-    """FID of the generated features with its bootstrap interval (resampling generated images)."""
-    return bootstrap(np.asarray(feats, dtype=np.float64), lambda f: frechet_distance(mu_ref, sigma_ref, f), rounds, seed=seed)
+    """FID of the generated features with its bias-corrected bootstrap interval (resampling generated images)."""
+    return bootstrap(np.asarray(feats, dtype=np.float64), lambda f: frechet_distance(mu_ref, sigma_ref, f), rounds,
+                     seed=seed, bias_correct=True)
 
 
 def paired_delta_interval(rows: np.ndarray, base: np.ndarray, statistic: Callable[[np.ndarray], float],
