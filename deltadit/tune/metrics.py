@@ -23,6 +23,13 @@ def row_name(candidate_name: str) -> str:
     return candidate_name.replace(" ", "_").replace("=", "")
 
 
+def same_run(a, b) -> bool:
+    """Two eval rows draw the same images: the same precision and step-for-step the same plan."""
+    from deltadit.tune.space import plan_key
+
+    return a.int8 == b.int8 and plan_key(a.plan) == plan_key(b.plan)
+
+
 def tuned_rows(report: dict) -> list:
     """The eval Rows of a tune report: its chosen candidate, then the fastest measured INT8 candidate that
     reaches the report's PSNR target (if another one); [] when nothing was measured."""
@@ -37,7 +44,7 @@ def tuned_rows(report: dict) -> list:
     rows = []
     for r in picks:
         row = Row(row_name(r["name"]), DeltaPlan.from_dict(r["plan"]), r["int8"])
-        if all((row.plan, row.int8) != (o.plan, o.int8) for o in rows):
+        if all(not same_run(row, o) for o in rows):
             rows.append(row)
     return rows
 
@@ -60,7 +67,7 @@ def full_metrics(preset, report: dict, out: Path, samples: int, rounds: int, pro
     if samples < 10 or samples % 10:
         raise DeltaDiTError(f"--metrics-samples | {samples} is not a multiple of the 10 class prompts. Expected: e.g. 100.")
     fixed = rows_for(preset, FIXED_ROWS)
-    extra = [r for r in tuned_rows(report) if all((r.plan, r.int8) != (f.plan, f.int8) for f in fixed)]
+    extra = [r for r in tuned_rows(report) if all(not same_run(r, f) for f in fixed)]
     s = report["settings"]
     return evaluate(preset, Path(out) / "metrics", FIXED_ROWS, per_class=samples // 10,
                     calib_count=s["calib_count"], latency_repeats=s["latency_repeats"], progress=progress,

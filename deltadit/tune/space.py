@@ -79,7 +79,7 @@ def candidates(preset, grid: Grid = Grid(), budget: float | None = None) -> list
     seen: set = set()
     out: list[Candidate] = []
     for plan in _plans(preset, grid):
-        key = (plan.num_steps, plan.steps)
+        key = plan_key(plan)
         if key in seen:
             continue
         seen.add(key)
@@ -136,3 +136,9 @@ def latency_prune(cands: list[Candidate], reference_seconds: float, latency_budg
     """Candidates whose estimated loop time fits ``latency_budget`` seconds (the reference always stays)."""
     return [c for c in cands if "reference" in c.tags and not c.int8
             or estimated_seconds(c, reference_seconds, int8_speedup) <= latency_budget]
+
+
+def plan_key(plan) -> tuple:
+    """What makes two plans the same run: their steps, step for step (an uncached plan's b, N_c and N
+    change nothing)."""
+    return plan.num_steps, plan.steps

@@ -51,7 +51,8 @@ def test_full_metrics_skips_a_tuned_row_that_repeats_a_fixed_row(monkeypatch, tm
     monkeypatch.setattr("deltadit.eval.run.evaluate", lambda *a, **k: seen.update(args=a, kwargs=k) or {})
     fewer = rows_for(PRESET, ("fewer-steps",))[0]  # T = 12 uncached FP32: already a fixed row
     composed = entry(plan(12), True, 31.0, 0.6)
-    chosen = {**entry(fewer.plan, False, 37.0, 1.0), "name": "T=12 none"}
+    chosen = {**entry(plan(12), False, 37.0, 1.0), "name": "T=12 none"}  # b = 0, N = 1: the same run as fewer
+    assert chosen["plan"] != fewer.plan.to_dict()  # (the animals run scored this row twice before)
     full_metrics(PRESET, report([chosen, composed], chosen), tmp_path, 20, 50, progress=False)
     assert seen["args"][2] == FIXED_ROWS and seen["kwargs"]["per_class"] == 2
     assert [r.name for r in seen["kwargs"]["extra"]] == ["T12_none_Nc0_int8"]
