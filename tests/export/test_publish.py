@@ -223,7 +223,10 @@ def test_interrupted_export_is_one_line_and_resumes(tmp_path, export, monkeypatc
                                    "re-run the same command to resume")
     monkeypatch.undo()
     code, out, _ = export(tmp_path / "b")
-    assert code == 0 and "reused: head, blocks_00_02" in out
+    line = next(x for x in out.splitlines() if x.startswith("segments exported: "))
+    exported, reused = (part.split(": ")[1].split(", ") for part in line.split("; "))
+    # segments are traced smallest first: the two finished before the interrupt are head and tail
+    assert code == 0 and reused == ["head", "tail"] and exported == ["blocks_00_02", "blocks_02_04", "blocks_04_06"]
 
 
 def test_failed_export_without_finished_segments_leaves_nothing(tmp_path, export, monkeypatch):
