@@ -27,7 +27,7 @@ SAMPLED = (
     "deltadit.export.int8:quantize_groups", "torch.onnx:export", "onnx:load", "onnx:save_model",
     "deltadit.export.fuse:fuse_attention", "deltadit.runtime.runners.onnxrt:OnnxrtRunner._activate_impl",
     "deltadit.export.check:_check_graph", "deltadit.export.int8:group_quality", "deltadit.export.int8:int8_kernels",
-    "deltadit.export.int8:final_latents", "deltadit.export.memory:release_memory",
+    "deltadit.export.int8:final_latents", "deltadit.memory:release_memory", "deltadit.export.pipeline:release_memory",
 )
 
 
@@ -156,6 +156,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's; b scaled with them). Fewer "
                                              "steps only shorten the run: nothing the export holds grows with them "
                                              "beyond the guard's 4 held-out inputs per group (kept from 4 steps on)")
+    p.add_argument("--max-group-blocks", type=int, help="split longer block groups (deltadit-export --max-group-blocks)")
     p.add_argument("--out", default="bundles/export-memory")
     p.add_argument("--json", help="write the per-stage numbers and the bundle's file hashes here")
     p.add_argument("--sample", action="store_true", help="also sample RSS from a thread: peak per step in a stage")
@@ -163,6 +164,7 @@ def main() -> None:
 
     from deltadit.export.pipeline import export_bundle
     from deltadit.export.quantize import Int8Options
+    from deltadit.plan import limit_group_blocks
     from deltadit.presets import load_preset
 
     preset = load_preset(args.model)
@@ -175,13 +177,14 @@ def main() -> None:
     if args.steps:
         preset = preset.with_overrides(steps=args.steps, b=max(1, round(preset.b * args.steps / preset.steps)))
     int8 = Int8Options(count=args.calib_count) if args.int8 else None
+    plan = preset.plan() if args.max_group_blocks is None else limit_group_blocks(preset.plan(), args.max_group_blocks)
     sampler = RssSampler() if args.sample else None
     tic = time.perf_counter()
     with StageMemory(sampler) as mem, (sampler or _Nothing()):
-        export_bundle(preset, preset.plan(), args.out, random_init=random_init, build_engines=False, int8=int8,
+        export_bundle(preset, plan, args.out, random_init=random_init, build_engines=False, int8=int8,
                       force=True, progress=False)
     total = time.perf_counter() - tic
-    print(f"{args.model}, {nb} of {nb_all} blocks, {preset.steps} steps, {'INT8' if int8 else 'FP32'} export"
+    print(f"{args.model}, {nb} of {nb_all} blocks (groups {[(g.start, g.stop) for g in plan.groups]}), {preset.steps} steps, {'INT8' if int8 else 'FP32'} export"
           f"{f' ({args.calib_count} calibration generations)' if int8 else ''}: peak RSS per stage")
     print(f"{'stage':<18} {'peak MiB':>9} {'end MiB':>9} {'s':>7}")
     for r in mem.rows[1:]:
@@ -196,7 +199,7 @@ def main() -> None:
     if args.json:
         manifest = json.loads((Path(args.out) / "manifest.json").read_text())
         files = {f["path"]: f["sha256"] for s in manifest["segments"] for f in s["files"]}
-        Path(args.json).write_text(json.dumps({"model": args.model, "blocks": nb, "steps": preset.steps, "int8": bool(int8),
+        Path(args.json).write_text(json.dumps({"model": args.model, "blocks": nb, "groups": [[g.start, g.stop] for g in plan.groups], "steps": preset.steps, "int8": bool(int8),
                                                "stages": mem.rows[1:], "peak_rss_mib": peak, "seconds": total,
                                                "files": files, "int8_info": manifest.get("int8"),
                                                "sampled_mib": {k: v / 1024 for k, v in (sampler.peaks if sampler else {}).items()}}, indent=1))

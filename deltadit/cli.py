@@ -88,10 +88,23 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", dest="plan_file", metavar="FILE",
                    help="a plan JSON file (as `deltadit tune` writes it, or `deltadit plan --json`'s output) instead "
                         "of the plan flags; it must fit the model")
+    p.add_argument("--max-group-blocks", type=flag(validate.integer, "--max-group-blocks", 1, validate.MAX_BLOCKS, parse=int),
+                   metavar="N", help="split block groups longer than N blocks (same steps and images; a smaller "
+                                     "largest group lowers the export's peak memory; deltadit-export's default is 7, "
+                                     "deltadit plan's none)")
 
 
 def plan_from_args(args):
-    """(preset, plan) from parsed plan flags, or from the --plan file (the preset then takes its steps)."""
+    """(preset, plan) from parsed plan flags, or from the --plan file (the preset then takes its steps);
+    groups split to --max-group-blocks."""
+    from deltadit.plan import limit_group_blocks
+
+    preset, plan = _plan_from_args(args)
+    limit = getattr(args, "max_group_blocks", None)
+    return preset, (plan if limit is None else limit_group_blocks(plan, limit))
+
+
+def _plan_from_args(args):
     from deltadit.presets import load_plan_file, load_preset
 
     if getattr(args, "plan_file", None):

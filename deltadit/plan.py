@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from deltadit.errors import DeltaDiTError, raise_if
 from deltadit.validate import MAX_BLOCKS, MAX_STEPS, fraction
@@ -69,8 +69,9 @@ class DeltaPlan:
     num_steps: denoising steps T.  num_blocks: transformer blocks N_b.  n_c: cached blocks N_c.
     b: boundary step (t <= b caches deep blocks for ``delta-dit``).  interval: cache interval N.
     variant: one of :data:`VARIANTS`.  steps: one :class:`StepAction` per step.
-    cuts: block indices where the model itself must be cut (a stage boundary, e.g. FLUX's dual- to
-    single-stream blocks at 19): block groups never span them; a cached range may.
+    cuts: block indices where the model must be cut (a stage boundary, e.g. FLUX's dual- to
+    single-stream blocks at 19; or a split of a long group, :func:`limit_group_blocks`): block groups
+    never span them; a cached range may.
     """
 
     num_steps: int
@@ -287,6 +288,20 @@ def build_plan(
             record = tuple(later)
         steps.append(StepAction(t=i + 1, cached=cached, record=record))
     return DeltaPlan(num_steps, num_blocks, n_c, b, interval, variant, tuple(steps), cuts)
+
+
+def limit_group_blocks(plan: DeltaPlan, max_blocks: int) -> DeltaPlan:
+    """``plan`` with extra cut points so that no block group has more than ``max_blocks`` blocks (a long
+    group is split into near-equal parts); the steps are unchanged, a cached range then spans several
+    groups. Smaller groups lower the export's peak memory (the largest group's graph is serialised whole)."""
+    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 1:
+        raise DeltaDiTError(f"max group blocks | {max_blocks!r:.40} is not a positive integer. Expected: e.g. 7.")
+    extra = []
+    for g in plan.groups:
+        n = g.stop - g.start
+        parts = -(-n // max_blocks)
+        extra += [g.start + (i * n) // parts for i in range(1, parts)]
+    return replace(plan, cuts=tuple(sorted({*plan.cuts, *extra})))
 
 
 def plan_from_budget(

@@ -294,7 +294,8 @@ def _float(x):
 
 def load_plan_file(path, preset: "Preset"):
     """The DeltaPlan stored in ``path`` (DeltaPlan.to_json, or `deltadit plan --json`'s object with a "plan"
-    key), refused in one line unless it was built for ``preset``'s block count and stage cuts."""
+    key), refused in one line unless it was built for ``preset``'s block count and cut at its stage cuts
+    (more cuts are fine: a plan split by --max-group-blocks)."""
     from pathlib import Path
 
     from deltadit.plan import DeltaPlan
@@ -308,8 +309,8 @@ def load_plan_file(path, preset: "Preset"):
     except DeltaDiTError as e:
         raise DeltaDiTError(f"--plan {path} | {e}") from None
     cuts = tuple(preset.spec.stage_cuts(preset.transformer))
-    if plan.num_blocks != preset.num_blocks or tuple(plan.cuts) != cuts:
-        raise DeltaDiTError(f"--plan | {path} is a plan for {plan.num_blocks} blocks (stage cuts {list(plan.cuts)}), but "
+    if plan.num_blocks != preset.num_blocks or not set(cuts) <= set(plan.cuts):
+        raise DeltaDiTError(f"--plan | {path} is a plan for {plan.num_blocks} blocks (cuts {list(plan.cuts)}), but "
                             f"model '{preset.name}' has {preset.num_blocks} (stage cuts {list(cuts)}). Expected: a plan "
                             f"made for this model, e.g. by `deltadit tune --model {preset.name}`.")
     return plan

@@ -24,7 +24,7 @@ def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[di
     """Stage 4: every segment on ONNX Runtime (CPU) against PyTorch, then (INT8) the quality guard;
     raises listing every failure (the guard's only when every graph passed). Fills each entry's ``check``
     and, for INT8, ``manifest["int8"]``."""
-    from deltadit.export.memory import release_memory
+    from deltadit.memory import release_memory
     from deltadit.manifest import Manifest
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 

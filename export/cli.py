@@ -21,10 +21,15 @@ from pathlib import Path
 from deltadit.cli import ArgumentParser, add_plan_args, plan_from_args
 from deltadit.errors import DeltaDiTError
 
+EXPORT_MAX_GROUP_BLOCKS = 7
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="deltadit-export", description="Export a DiT with its Δ-DiT plan as an ONNX bundle.")
     add_plan_args(p)
+    # The exporter serialises a whole group's graph in memory: PixArt-α's 14-block INT8 group took the
+    # 28-block export to 8.23 GiB, groups of at most 7 blocks to 5.91 GiB (benchmarks/export_memory.py).
+    p.set_defaults(max_group_blocks=EXPORT_MAX_GROUP_BLOCKS)
     p.add_argument("--out", help="bundle folder to write (default bundles/MODEL, bundles/MODEL-int8 with --int8, "
                                  "bundles/MODEL-fp16 with --precision fp16)")
     p.add_argument("--weights", help="local diffusers model folder or a hub id already in the local cache (default: the preset's source)")

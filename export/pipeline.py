@@ -24,7 +24,7 @@ from deltadit.bundle import FORMAT_VERSION, MANIFEST, sha256_file, write_json_at
 from deltadit.console import Stages, track
 from deltadit.errors import DeltaDiTError, raise_if
 from deltadit.export.check import check_onnx
-from deltadit.export.memory import release_memory
+from deltadit.memory import release_memory
 from deltadit.export.publish import STAGES_FILE, Output, output_folder
 from deltadit.plan import DeltaPlan
 from deltadit.presets import Preset

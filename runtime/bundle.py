@@ -76,7 +76,8 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
     "openvino" (runner_options: device="CPU", precision="f32" | "bf16", threads; see
     :class:`OpenVinoRunner`) or "tensorrt" (engines from the bundle, or built from its ONNX into a cache on first load; runner_options
     go to :class:`TensorRTRunner`, e.g. cuda_graph=True; for "onnxrt", fused_attention=False opens the
-    standard graphs instead of the fused-attention variants). Every file is verified before use
+    standard graphs instead of the fused-attention variants, and memory_arena="shared" (CPU default: one
+    ONNX Runtime arena for all segments), "session" (one per segment) or "off"). Every file is verified before use
     (:func:`deltadit.bundle.read_bundle`); raises DeltaDiTError naming what is wrong."""
     if backend not in BACKENDS:
         raise DeltaDiTError(f"backend | '{backend}' is unknown. Expected: one of {', '.join(BACKENDS)}.")

@@ -26,6 +26,12 @@ def test_plan_json_and_flags_override_preset(capsys):
     assert d["macs"]["ratio"] == pytest.approx((10 * 28 + 10 * 14) / 560)
 
 
+def test_plan_max_group_blocks_splits_the_long_group(capsys):
+    assert main(["plan", "--model", "pixart", "--max-group-blocks", "7", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["groups"] == [[0, 7], [7, 14], [14, 21], [21, 28]] and d["plan"]["cuts"] == [14]
+
+
 def test_plan_budget(capsys):
     assert main(["plan", "--model", "pixart-lcm", "--budget", str(100 / 112), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -68,6 +74,7 @@ def test_console_script_help_is_fast_and_imports_no_torch():
     (["plan", "--steps", "1e9"], "--steps | '1e9' is not an integer."),
     (["plan", "--budget", "0"], "--budget | '0' is out of range. Expected: a number in (0, 1]."),
     (["plan", "--variant", "fast"], "argument --variant: invalid choice: 'fast'"),
+    (["plan", "--max-group-blocks", "0"], "--max-group-blocks | 0 is out of range. Expected: an integer in [1, 512]."),
     (["generate", "b", "--prompt", "a cat", "--guidance-scale", "inf"], "--guidance-scale | 'inf' is out of range."),
     (["generate", "b", "--prompt", "a cat", "--guidance-scale", "nan"], "--guidance-scale | 'nan' is out of range."),
     (["generate", "b", "--prompt", "a cat", "--seed", str(2**64)], f"--seed | {2**64} is out of range."),

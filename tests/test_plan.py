@@ -67,6 +67,20 @@ def test_paper_pixart_groups_and_boundary():
     assert sum(plan.blocks_run(s) for s in plan) == 10 * 28 + 10 * 7
 
 
+def test_limit_group_blocks_splits_long_groups_only():
+    from deltadit.plan import DeltaPlan, limit_group_blocks
+
+    plan = build_plan(20, 28, 21, b=12, interval=2, cuts=(19,))  # groups [0,7) [7,19) [19,21) [21,28)
+    split = limit_group_blocks(plan, 5)
+    assert [(g.start, g.stop) for g in split.groups] == [(0, 3), (3, 7), (7, 11), (11, 15), (15, 19), (19, 21),
+                                                         (21, 24), (24, 28)]
+    assert split.steps == plan.steps and set(plan.cut_points) <= set(split.cut_points)
+    assert DeltaPlan.from_json(split.to_json()) == split  # the extra cuts survive the manifest round trip
+    assert limit_group_blocks(plan, 28) == plan
+    with pytest.raises(DeltaDiTError, match=r"max group blocks \| 0 is not a positive integer"):
+        limit_group_blocks(plan, 0)
+
+
 def test_boundary_extremes():
     assert {s.cached for s in build_plan(20, 28, 21, b=0) if not s.is_full} == {(0, 21)}
     assert {s.cached for s in build_plan(20, 28, 21, b=20) if not s.is_full} == {(7, 28)}

@@ -9,6 +9,7 @@ onnxruntime-gpu); on CPU nothing is copied. Without IO binding, tensors cross as
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -16,10 +17,24 @@ import numpy as np
 
 from deltadit.errors import DeltaDiTError
 from deltadit.manifest import Manifest, SegmentEntry
+from deltadit.memory import release_memory
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+ARENAS = ("shared", "session", "off")
+_shared_arena = threading.Lock()
+_shared_arena_registered = []
+
+
+def _register_shared_arena(ort) -> None:
+    """Once per process: a CPU arena allocator in ONNX Runtime's environment, grown by what is requested
+    (not to the next power of two), for every session opened with ``session.use_env_allocators``."""
+    with _shared_arena:
+        if not _shared_arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            _shared_arena_registered.append(True)
 
 
 class OnnxrtRunner(Runner):
@@ -27,7 +42,7 @@ class OnnxrtRunner(Runner):
 
     def __init__(self, root: Path, manifest: Manifest | dict, segments: tuple[Segment, ...],
                  providers: list[str] | None = None, io_binding: bool = True, device_id: int = 0,
-                 fused_attention: bool = True):
+                 fused_attention: bool = True, memory_arena: str | None = None):
         super().__init__(segments)
         self.root = Path(root)
         if isinstance(manifest, dict):  # the exporter checks its graphs before the manifest is written
@@ -42,6 +57,14 @@ class OnnxrtRunner(Runner):
         # The fused-attention graph (com.microsoft.MultiHeadAttention) where the bundle has one; not under
         # TensorRT's execution provider, which would hand the contrib op back to CUDA and split the graph.
         self.fused_attention = fused_attention and "TensorrtExecutionProvider" not in self.providers
+        # ONNX Runtime's CPU arena keeps each session's largest activations for the session's lifetime (a
+        # 4-block PixArt-α INT8 group: +430 MiB per session). "shared": one arena in ONNX Runtime's
+        # environment that every session of the process draws from, so the activations of one segment at a
+        # time are held; "session": ONNX Runtime's default; "off": plain malloc per run (slower: large
+        # buffers are mmapped afresh each run). benchmarks/runtime_memory.py measures all three.
+        if memory_arena not in (None, *ARENAS):
+            raise DeltaDiTError(f"memory_arena | {memory_arena!r:.40} is unknown. Expected: one of {', '.join(ARENAS)}.")
+        self.memory_arena = memory_arena or ("session" if on_gpu else "shared")
         self.sessions: dict = {}
 
     def _activate_impl(self) -> None:
@@ -66,10 +89,15 @@ class OnnxrtRunner(Runner):
         for name, entry in self.entries.items():
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.enable_cpu_mem_arena = self.memory_arena != "off"
+            if self.memory_arena == "shared":
+                _register_shared_arena(ort)
+                opts.add_session_config_entry("session.use_env_allocators", "1")
             if name in self.emulated_int8:
                 opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ stay float ops: exact
             self.sessions[name] = ort.InferenceSession(str(self.root / self.graph_path(entry)), opts,
                                                        providers=self.providers, provider_options=provider_options)
+            release_memory()  # the FP32 weights the session folded into its own (int8) copies leave the RSS
 
     def _emulate_int8(self) -> bool:
         from deltadit.runtime.cpu import int8_gemm_saturates

@@ -210,3 +210,38 @@ def test_cli_export_tiny_preset(tmp_path, capsys):
     assert "plan: delta-dit, 4 steps, b=2, N_c=2, N=2" in out and "(bound 1.20x)" in out
     assert main(["--model", str(preset), "--out", str(tmp_path / "c"), "--weights", str(tmp_path / "none")]) == 2
     assert "weights | no DiTTransformer2DModel weights found" in capsys.readouterr().err
+
+
+def test_split_groups_run_the_same_plan(tiny_bundle, tmp_path):
+    """--max-group-blocks 1: every block its own segment, cached ranges spanning several; same steps, and
+    final latents as the unsplit bundle and the PyTorch runtime."""
+    from deltadit.plan import limit_group_blocks
+
+    preset = tiny_preset("pixart")
+    plan = limit_group_blocks(build_plan(STEPS, BLOCKS, 3, 12, 2), 1)
+    export_bundle(preset, plan, tmp_path / "split", random_init=True, progress=False)
+    split = runtime.load(tmp_path / "split")
+    groups = [s.block_range for s in split.manifest.segments if s.kind == "group"]
+    assert groups == [(i, i + 1) for i in range(BLOCKS)]
+    assert split.plan.steps == runtime.load(tiny_bundle("pixart")).plan.steps
+    assert any(s.cached and s.cached[1] - s.cached[0] > 1 for s in split.plan.steps)
+    whole = generate(runtime.load(tiny_bundle("pixart")).executor(), preset, split.config)
+    got = generate(split.executor(), preset, split.config)
+    model = load_transformer(preset, None, random_init=True, seed=0)
+    ref = generate(pytorch_executor(model, plan), preset, dict(model.config))
+    assert ((got - whole).abs().max() / whole.abs().max()).item() <= 1e-5
+    assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-4
+
+
+def test_memory_arena_settings_give_the_same_latents(good_bundle):
+    """The ONNX Runtime runner's CPU arena (shared by all sessions by default, per session, or off) changes
+    where activations live, never the numbers; an unknown setting is named."""
+    preset = tiny_preset("pixart")
+    shared = runtime.load(good_bundle)
+    assert shared.runner.memory_arena == "shared"
+    ref = generate(shared.executor(), preset, shared.config)
+    for arena in ("session", "off"):
+        b = runtime.load(good_bundle, memory_arena=arena)
+        assert torch.equal(generate(b.executor(), preset, b.config), ref), arena
+    with pytest.raises(DeltaDiTError, match=r"memory_arena \| 'big' is unknown\. Expected: one of shared, session, off"):
+        runtime.load(good_bundle, memory_arena="big")

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from deltadit.bundle import read_bundle
-from deltadit.plan import build_plan
+from deltadit.plan import build_plan, limit_group_blocks
 from deltadit.presets import load_preset
 from deltadit.tune.cli import write_report
 from deltadit.tune.pareto import Result
@@ -30,7 +30,8 @@ def tuned_plan_file(tmp_path, plan, int8=False):
 
 @pytest.mark.slow  # one tiny export: seconds alone, ~90 s on the shared 2-core machine
 def test_tuned_plan_round_trips_through_export(tmp_path, capsys):
-    plan = build_plan(5, 6, 3, 2, 3, "opposite")  # not the tiny preset's own plan (4 steps, delta-dit, N = 2)
+    # not the tiny preset's own plan (4 steps, delta-dit, N = 2), and cut by --max-group-blocks 2 (extra cuts)
+    plan = limit_group_blocks(build_plan(5, 6, 3, 2, 3, "opposite"), 2)
     path = tuned_plan_file(tmp_path, plan)
     code, out, err = run_cli(capsys, "--model", write_tiny_toml(tmp_path), "--random-init", "--plan", path,
                              "--out", tmp_path / "bundle", "--no-fused-attention", "--no-engines")
@@ -41,7 +42,7 @@ def test_tuned_plan_round_trips_through_export(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("plan, extra, match", [
-    (build_plan(20, 12, 9, 12), [], r"--plan \| .*plan\.json is a plan for 12 blocks \(stage cuts \[\]\), but model "
+    (build_plan(20, 12, 9, 12), [], r"--plan \| .*plan\.json is a plan for 12 blocks \(cuts \[\]\), but model "
                                     r"'tiny' has 6 \(stage cuts \[\]\)\. Expected: a plan made for this model"),
     (build_plan(4, 6, 2, 2), ["--nc", "3"], r"--plan \| the file is the whole plan; --nc would contradict it"),
 ])
