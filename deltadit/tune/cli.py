@@ -42,15 +42,11 @@ def screen_all(preset, transformer, cands: list[Candidate], samples: int, calib_
 
 def fake_quant(preset, transformer, calib_count: int, keep_fp: tuple[str, ...] = ()):
     """The transformer fake-quantized as `deltadit-export --int8` would (calibrated on the preset's plan)."""
-    from deltadit.export.int8 import _conditioner, _model_prompts
-    from deltadit.export.quantize import Int8Options, calibration_conditions
-    from deltadit.tune.int8 import quantize_model
+    from deltadit.export.quantize import Int8Options
+    from deltadit.tune.int8 import calibration_set, quantize_model
 
     options = Int8Options(count=calib_count, keep_fp=keep_fp)
-    conditioner, root = _conditioner(preset.spec, preset, None, False)
-    conds = calibration_conditions(preset.spec, preset.transformer, calib_count, options.seed, preset.text_len,
-                                   conditioner, _model_prompts(root))
-    return quantize_model(transformer, preset, preset.plan(), options, conds)
+    return quantize_model(transformer, preset, preset.plan(), options, calibration_set(preset, options))
 
 
 def int8_sensitivity(preset, transformer, qmodel, samples: int, target_psnr_db: float, progress: bool) -> dict:
@@ -205,6 +201,8 @@ def cmd_tune(args) -> int:
     if args.metrics_only and not args.metrics_samples:
         raise DeltaDiTError("--metrics-only | given without --metrics-samples. Expected: --metrics-samples N (e.g. 200).")
     out = Path(args.out)
+    if args.int8_calibrations:
+        return compare_calibrations(preset, args.int8_calibrations, out, args)
     if args.metrics_only:
         report = read_report(out)
         if report.get("model") != preset.name:
@@ -222,6 +220,27 @@ def cmd_tune(args) -> int:
         print(format_table(full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds)))
         print(f"wrote {out}/metrics/results.json, {out}/metrics/table.md, {out}/metrics/grids/")
     return 0
+
+
+def compare_calibrations(preset, methods: tuple, out: Path, args) -> int:
+    """--int8-calibrations: the methods side by side on the screen (no plan search); out/int8-calibrations.md."""
+    from deltadit.export.load import load_transformer
+    from deltadit.tune import calibration
+
+    if not args.int8:
+        raise DeltaDiTError("--int8-calibrations | given without --int8. Expected: --int8 --int8-calibrations "
+                            f"{calibration.EXAMPLE}.")
+    transformer = load_transformer(preset, None, False)
+    rows = calibration.run(preset, transformer, out, methods, args.screen_samples, args.calib_count)
+    print((out / "int8-calibrations.md").read_text())
+    print(f"best: {rows[0].method}; wrote {out}/int8-calibrations.md, {out}/int8-calibrations.json")
+    return 0
+
+
+def _methods(name: str, value):
+    from deltadit.tune.calibration import parse_methods
+
+    return parse_methods(value)
 
 
 def _ints(name: str, value) -> tuple[int, ...]:
@@ -253,6 +272,9 @@ def add_parser(sub) -> None:
                                            "(one layer at a time) and find the FP32 keep-set (default 0: off)")
     t.add_argument("--int8-target-psnr", type=flag(real, "--int8-target-psnr", 0.0, 100.0, parse=float), default=35.0,
                    help="keep-set target: PSNR (dB) of the INT8 images to the FP32 ones (default 35)")
+    t.add_argument("--int8-calibrations", type=flag(_methods, "--int8-calibrations"), metavar="METHODS",
+                   help="with --int8: compare these calibrations on the screen instead of searching plans, e.g. "
+                        "max,percentile:99.9,smoothquant:0.8,max@early,bundle:PATH (out/int8-calibrations.md)")
     t.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt", help="where the shortlist is timed")
     t.add_argument("--steps-grid", type=flag(_ints, "--steps-grid"),
                    help="comma-separated step counts T to search (default: the preset's and 16, 12, 10... see Grid)")

@@ -29,10 +29,13 @@ class LayerError:
         return {"layer": self.name, "psnr_db": self.psnr_db, "macs_share": self.macs_share}
 
 
-def quantize_model(transformer, preset, plan, options, conditions: list[tuple[dict, dict]]):
+def quantize_model(transformer, preset, plan, options, conditions: list[tuple[dict, dict]],
+                   calib_steps: range | None = None):
     """A deep copy of ``transformer`` whose block Linears are fake-quantized by the export's recipe
     (:func:`deltadit.export.quantize.quantize_groups`, spec keep-globs and ``options.keep_fp`` honoured),
-    calibrated by running ``plan`` over ``conditions`` (one generation each, seeds options.seed + i)."""
+    calibrated by running ``plan`` over ``conditions`` (one generation each, seeds options.seed + i).
+    calib_steps: only these step indices (0 = the noisiest) feed the calibration statistics; the others
+    still run, so later steps see the trajectory they see in deployment (None: every step)."""
     from deltadit.export.quantize import keep_fp_patterns, quantize_groups
     from deltadit.models import split
     from deltadit.runtime.executor import DeltaDiTExecutor
@@ -47,11 +50,38 @@ def quantize_model(transformer, preset, plan, options, conditions: list[tuple[di
 
     def forward_loop():
         for i, (cond, uncond) in enumerate(conditions):
-            sample(executor, s.spec, s.config, from_preset(preset), cond, uncond, options.seed + i)
+            gate = None if calib_steps is None else _step_gate(q, calib_steps)
+            sample(executor, s.spec, s.config, from_preset(preset), cond, uncond, options.seed + i, callback=gate)
+            if gate is not None:
+                _collect(q, True)  # leave every calibrator on for ModelOpt to finish
 
     keep = preset.spec.int8_keep_fp + keep_fp_patterns(groups, q, options.keep_fp)
     quantize_groups(groups, options, keep, forward_loop)
     return q.eval()
+
+
+def calibration_set(preset, options) -> list[tuple[dict, dict]]:
+    """The export's calibration conditions for ``preset`` (options.count generations, the model's prompts)."""
+    from deltadit.export.int8 import _conditioner, _model_prompts
+    from deltadit.export.quantize import calibration_conditions
+
+    conditioner, root = _conditioner(preset.spec, preset, None, False)
+    return calibration_conditions(preset.spec, preset.transformer, options.count, options.seed, preset.text_len,
+                                  conditioner, _model_prompts(root))
+
+
+def _collect(model, on: bool) -> None:
+    """Switch statistics collection of every calibrating quantizer of ``model`` on or off."""
+    for m in model.modules():
+        if getattr(m, "_calibrator", None) is not None and not getattr(m, "_disabled", True):
+            m.enable_calib() if on else m.disable_calib()
+
+
+def _step_gate(model, steps: range):
+    """Collection on for step 0 if it is in ``steps``; returns the sampler callback that, after step i,
+    switches it for step i + 1."""
+    _collect(model, 0 in steps)
+    return lambda i, *_: _collect(model, i + 1 in steps)
 
 
 def quantized_linears(model) -> dict[str, object]:

@@ -5,6 +5,9 @@
 
 #include <dlfcn.h>
 #include <onnxruntime_cxx_api.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <chrono>
 #include <cstdlib>
@@ -48,6 +51,14 @@ Ort::Env& env(const Options& o) {
     }
     Ort::InitApi(api);
     instance = std::make_unique<Ort::Env>(ORT_LOGGING_LEVEL_ERROR, "deltadit");
+    // One CPU arena for every CPU session of the process, grown by what is asked (as the Python runner's
+    // memory_arena="shared"): per-session arenas each keep their segment's largest activations.
+    // Already registered (an Env shared with this process's Python onnxruntime): that one serves.
+    try {
+      Ort::ArenaCfg arena(0, /*kSameAsRequested*/ 1, -1, -1);
+      instance->CreateAndRegisterAllocator(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault), arena);
+    } catch (const Ort::Exception&) {
+    }
   });
   if (!instance) throw Error(failure);
   return *instance;
@@ -141,6 +152,7 @@ Sessions::Sessions(const std::string& root, const std::vector<Graph>& graphs, co
     so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
     if (options.intra_op_threads > 0) so.SetIntraOpNumThreads(options.intra_op_threads);
     if (g.disable_qdq) so.AddConfigEntry("session.disable_quant_qdq", "1");
+    if (options.provider == "cpu") so.AddConfigEntry("session.use_env_allocators", "1");
     append_provider(so, options);
     Impl::Entry entry{g, nullptr, {}};
     try {
@@ -149,6 +161,9 @@ Sessions::Sessions(const std::string& root, const std::vector<Graph>& graphs, co
       throw Error("segment " + g.name + " | ONNX Runtime cannot open " + g.path + " (" + ex.what() +
                   "). Expected: a graph this ONNX Runtime supports (re-export with a lower --opset).");
     }
+#if defined(__GLIBC__)
+    ::malloc_trim(0);  // the FP32 weights an INT8 session folded into int8 ones leave the RSS
+#endif
     Ort::AllocatorWithDefaultOptions alloc;
     std::set<std::string> names;
     for (size_t i = 0; i < entry.session->GetInputCount(); ++i) names.insert(entry.session->GetInputNameAllocated(i, alloc).get());
