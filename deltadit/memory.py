@@ -33,6 +33,12 @@ def release_memory() -> bool:
     """Collect Python's reference cycles, then return the C heap's free pages to the OS.
     Returns whether ``malloc_trim`` ran (False: no glibc; only the collection happened)."""
     gc.collect()
+    return trim_heap()
+
+
+def trim_heap() -> bool:
+    """Return the C heap's free pages to the OS (no Python collection: for memory a C++ library freed,
+    e.g. after an ONNX Runtime session opened). Returns whether ``malloc_trim`` ran (False: no glibc)."""
     libc = _libc()
     if libc is None:
         return False

@@ -17,7 +17,7 @@ import numpy as np
 
 from deltadit.errors import DeltaDiTError
 from deltadit.manifest import Manifest, SegmentEntry
-from deltadit.memory import release_memory
+from deltadit.memory import trim_heap
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
 
@@ -97,7 +97,7 @@ class OnnxrtRunner(Runner):
                 opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ stay float ops: exact
             self.sessions[name] = ort.InferenceSession(str(self.root / self.graph_path(entry)), opts,
                                                        providers=self.providers, provider_options=provider_options)
-            release_memory()  # the FP32 weights the session folded into its own (int8) copies leave the RSS
+            trim_heap()  # the FP32 weights the session folded into its own (int8) copies leave the RSS
 
     def _emulate_int8(self) -> bool:
         from deltadit.runtime.cpu import int8_gemm_saturates

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
-from deltadit.memory import release_memory
+from deltadit.memory import trim_heap
 from deltadit.manifest import Manifest
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
@@ -54,7 +54,7 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         for name, entry in self.entries.items():
             self.compiled[name] = core.compile_model(str(self.root / entry.graph), self.device_name, config)
-            release_memory()  # what reading the ONNX left in the heap (46 MiB of a 4-block INT8 group)
+            trim_heap()  # what reading the ONNX left in the heap (46 MiB of a 4-block INT8 group)
 
     def _deactivate_impl(self) -> None:
         self.compiled.clear()
