@@ -55,20 +55,30 @@ def _conditions(bundle, gen):
     return bundle.spec.random_condition(bundle.config, bundle.manifest.export.text_len, 1, 2, gen)
 
 
-def run_loop(executor, bundle, seed: int = 0):
+def synchronizer(device: str):
+    """What makes a timer's stop honest on this device: CUDA work is asynchronous, CPU work is not."""
+    import torch
+
+    return torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+
+def run_loop(executor, bundle, seed: int = 0, device: str = "cpu"):
     import torch
 
     from deltadit.runtime.sampling import from_manifest, sample
 
     cond, uncond = _conditions(bundle, torch.Generator().manual_seed(seed + 1))
-    return sample(executor, bundle.spec, bundle.config, from_manifest(bundle.manifest), cond, uncond, seed)
+    x = sample(executor, bundle.spec, bundle.config, from_manifest(bundle.manifest), cond, uncond, seed, device=device)
+    synchronizer(device)()
+    return x
 
 
-def step_feeds(bundle):
+def step_feeds(bundle, device: str = "cpu"):
     import torch
 
     ex = bundle.manifest.export
-    return bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side, torch.Generator().manual_seed(0))
+    feeds = bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side, torch.Generator().manual_seed(0))
+    return {k: v.to(device) for k, v in feeds.items()}
 
 
 def path_steps(plan) -> dict:
@@ -81,17 +91,20 @@ def path_steps(plan) -> dict:
     return out
 
 
-def time_paths(executor, feeds, runner=None) -> tuple[dict, dict]:
+def time_paths(executor, feeds, runner=None, sync=lambda: None) -> tuple[dict, dict]:
     """Wall time of one step of each path (a cached step runs right after its plan's preceding full step),
-    and, given the executor's runner, the time of each segment call inside that step."""
+    and, given the executor's runner, the time of each segment call inside that step. sync: waits for the
+    device's queued work (see synchronizer)."""
     out, inside = {}, {}
     for name, i in path_steps(executor.plan).items():
         if executor.plan.steps[i].cached is not None:
             executor.step(max(j for j in range(i) if executor.plan.steps[j].cached is None), feeds)
         if runner is not None:
             runner.trace = []
+        sync()
         tic = time.perf_counter()
         executor.step(i, feeds)
+        sync()
         out[name] = time.perf_counter() - tic
         if runner is not None:
             inside[name] = dict(runner.trace)  # segment -> seconds inside this step (each runs once per step)
@@ -125,16 +138,19 @@ def segment_sum(plan_step, times: dict, bundle) -> float:
     return total
 
 
-def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, progress: bool = True) -> None:
+def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, progress: bool = True,
+          device: str = "cpu") -> None:
+    """Time every configuration round-robin (see the module's docstring) with its inputs on ``device``."""
     from deltadit.console import track
 
+    sync = synchronizer(device)
     for c in configs:
         c.results = {"loop": [], "paths": {}, "segments": {}, "in_step": {}}
         c.executor = c.executor_factory()
-        c.feeds = step_feeds(c.bundle)
+        c.feeds = step_feeds(c.bundle, device)
     for c in configs:  # warm-up (sessions, allocators, autocast caches)
         for _ in range(warmup):
-            time_paths(c.executor, c.feeds)
+            time_paths(c.executor, c.feeds, sync=sync)
             if c.backend in BUNDLE_BACKENDS:
                 time_segments(c.bundle, c.feeds)
     timed_segments = {}
@@ -143,7 +159,7 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
             timed_segments.setdefault(id(c.bundle), c)
     rounds = [c for _ in range(repeats) for c in configs]
     for c in track(rounds, "bench rounds", enabled=progress, unit="runs"):
-        paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend in BUNDLE_BACKENDS else None)
+        paths, inside = time_paths(c.executor, c.feeds, c.bundle.runner if c.backend in BUNDLE_BACKENDS else None, sync)
         for k, v in paths.items():
             c.results["paths"].setdefault(k, []).append(v)
         for k, segs in inside.items():
@@ -153,7 +169,7 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
                 c.results["segments"].setdefault(k, []).append(v)
         if loops and c.loops:
             tic = time.perf_counter()
-            run_loop(c.executor, c.bundle)
+            run_loop(c.executor, c.bundle, device=device)
             c.results["loop"].append(time.perf_counter() - tic)
 
 
@@ -244,15 +260,19 @@ def peak_rss_mib(args: list[str]) -> float:
 
 
 def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "bf16"), compile_: bool = False,
-                  backends: tuple[str, ...] = ("onnxrt",), torch_loops: bool = True) -> list[Config]:
+                  backends: tuple[str, ...] = ("onnxrt",), torch_loops: bool = True, device: str = "cpu") -> list[Config]:
     """Configurations from bundle paths: each on every backend, uncached and with its plan; PyTorch
-    baselines (deltadit.baselines) from the first bundle's source weights (or its random-init seed)."""
+    baselines (deltadit.baselines) from the first bundle's source weights (or its random-init seed).
+    device "cuda": bundles on ONNX Runtime's CUDA execution provider, PyTorch on the GPU."""
     from deltadit.runtime import load
 
+    if device != "cpu" and set(backends) != {"onnxrt"}:
+        raise DeltaDiTError(f"bench --device | {device} runs bundles on ONNX Runtime only. Expected: --backends onnxrt.")
+    providers = ["CUDAExecutionProvider"] if device != "cpu" else None
     configs, first = [], None
     for path in bundles:
         for backend in backends:
-            b = load(path, backend=backend)
+            b = load(path, providers=providers, backend=backend)
             first = first or b
             label = f"{SHORT[backend]} {Path(path).name} ({b.manifest.precision})"
             configs.append(Config(label, b.uncached, backend, False, b, b.plan))
@@ -261,7 +281,7 @@ def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "
         from deltadit.baselines import baselines, torch_model
 
         torch_configs = [Config(t.name, t.factory, "torch", t.cached, first, first.plan, loops=torch_loops)
-                         for t in baselines(torch_model(first), first.plan, torch_dtypes, compile_)]
+                         for t in baselines(torch_model(first).to(device), first.plan, torch_dtypes, compile_)]
         configs = torch_configs + configs
     return configs
 
@@ -322,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "e.g. 'ort *' or 'torch-bf16*,ort int8*' (names as in the report)")
     p.add_argument("--backends", default="onnxrt", type=flag(_backends, "--backends"),
                    help="engines that run each bundle, comma-separated: onnxrt, openvino (default onnxrt)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: bundles on ONNX Runtime's CUDA provider (onnxruntime-gpu), PyTorch on the GPU")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--chart", help="write a PNG bar chart of loop speed-ups here")
     p.add_argument("--_memory-probe", nargs="+", help=argparse.SUPPRESS)
@@ -338,13 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.bundles:
         raise DeltaDiTError("bench | no bundle given. Expected: deltadit bench BUNDLE [BUNDLE...] (e.g. an FP and an INT8 export).")
     dtypes = () if args.no_torch else tuple(n for n in args.torch_dtypes.split(",") if n)
-    configs = build_configs(args.bundles, dtypes, args.compile, tuple(args.backends.split(",")), not args.torch_per_step)
+    configs = build_configs(args.bundles, dtypes, args.compile, tuple(args.backends.split(",")), not args.torch_per_step,
+                            args.device)
     if args.configs:
         configs = select_configs(configs, args.configs)
     first = configs[0].bundle
     ex = first.manifest.export
     block = first.spec.block_macs(first.config, ex.text_len, ex.latent_side * 8)
-    bench(configs, args.repeats, args.warmup, loops=not args.no_loops)
+    bench(configs, args.repeats, args.warmup, loops=not args.no_loops, device=args.device)
     summary = summarize(configs, block, ex.opt_batch)
     summary.update({"machine": machine(), "repeats": args.repeats, "warmup": args.warmup, "bundles": args.bundles,
                     "random_init": first.manifest.model.random_init, "model": first.manifest.model.preset})

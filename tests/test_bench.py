@@ -120,3 +120,24 @@ def test_bench_runs_every_bundle_on_each_backend_side_by_side(tiny_bundle, tmp_p
     with pytest.raises(SystemExit) as stop:
         bench.main([str(fp), "--backends", "tensorrtx"])
     assert stop.value.code == 2 and "--backends | 'tensorrtx' is not a list of backends" in capsys.readouterr().err
+
+
+def test_bench_on_cuda_runs_bundles_on_onnx_runtime_only(tmp_path):
+    from deltadit.errors import DeltaDiTError
+
+    with pytest.raises(DeltaDiTError, match=r"bench --device \| cuda runs bundles on ONNX Runtime only\. Expected: --backends onnxrt"):
+        bench.main([str(tmp_path), "--device", "cuda", "--backends", "onnxrt,openvino"])
+
+
+def test_step_timer_waits_for_the_device():
+    """A step's timer stops after the device's queued work: sync runs right before the clock reads."""
+    events = []
+
+    class Executor:
+        plan = build_plan(STEPS, BLOCKS, 0, 0, 1, "none")
+
+        def step(self, i, feeds):
+            events.append("step")
+
+    bench.time_paths(Executor(), {}, sync=lambda: events.append("sync"))
+    assert events == ["sync", "step", "sync"]

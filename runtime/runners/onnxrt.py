@@ -153,6 +153,10 @@ class OnnxrtRunner(Runner):
             out = torch.empty(shape, dtype=getattr(torch, o.dtype), device=self.device)
             binding.bind_output(o.onnx_name, kind, index, _np_dtype(out.dtype), shape, out.data_ptr())
             outputs[o.name] = out
+        if self.device != "cpu":
+            # ONNX Runtime computes on its own CUDA stream: the torch kernels that wrote these inputs (the Δ
+            # add-back, say) must have finished. Run returns after its stream is done, so the outputs are ready.
+            torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return outputs
 
