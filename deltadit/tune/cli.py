@@ -65,7 +65,34 @@ def int8_sensitivity(preset, transformer, qmodel, samples: int, target_psnr_db: 
     ranking = sensitivity(qmodel, generate, screen.reference, progress)
     rows = keep_until(qmodel, generate, screen.reference, ranking, target_psnr_db)
     return {"ranking": [e.to_dict() for e in ranking], "keep": rows, "target_psnr_db": target_psnr_db,
-            "samples": samples, "method": "one layer quantized at a time, fake-quantized PyTorch model, uncached plan"}
+            **steps_report(qmodel, screen, plan), "samples": samples,
+            "method": "one layer quantized at a time, fake-quantized PyTorch model, uncached plan"}
+
+
+def steps_report(qmodel, screen, plan) -> dict:
+    """Which denoising steps the INT8 error of ``qmodel`` comes from, on ``screen``'s held-out images
+    (deltadit.tune.int8.step_sensitivity): {"steps_alone": [...], "steps_from": [...]}."""
+    from deltadit.tune.int8 import step_sensitivity
+
+    alone, tails = step_sensitivity(qmodel, lambda model, callback: screen.images(plan, model, callback),
+                                    screen.reference, plan.num_steps)
+    return {"steps_alone": [e.to_dict() for e in alone], "steps_from": [e.to_dict() for e in tails]}
+
+
+def int8_steps(preset, out: Path, samples: int, calib_count: int) -> dict:
+    """--int8-steps: steps_report of the export's INT8 recipe on the uncached plan; out/int8-steps.{md,json}."""
+    from deltadit.export.load import load_transformer
+    from deltadit.tune.score import Screen, _reference_plan
+
+    transformer = load_transformer(preset, None, False)
+    qmodel = fake_quant(preset, transformer, calib_count)
+    screen = Screen(preset, transformer, samples)
+    report = {**steps_report(qmodel, screen, _reference_plan(preset)), "samples": samples, "calib_count": calib_count}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "int8-steps.json").write_text(json.dumps(report, indent=2))
+    (out / "int8-steps.md").write_text(f"{samples} held-out images, uncached T = {preset.steps}, PSNR to FP32.\n\n"
+                                       + steps_table(report))
+    return report
 
 
 def sensitivity_table(report: dict, top: int = 12) -> str:
@@ -76,6 +103,14 @@ def sensitivity_table(report: dict, top: int = 12) -> str:
     lines += ["", f"Keeping the top k in FP32 (target {report['target_psnr_db']} dB):", "",
               "| k | PSNR dB ↑ | MACs left FP32 |", "|---|---|---|"]
     lines += [f"| {r['keep']} | {r['psnr_db']:.1f} | {100 * r['macs_kept']:.1f}% |" for r in report["keep"]]
+    return "\n".join(lines) + "\n\n" + steps_table(report)
+
+
+def steps_table(report: dict) -> str:
+    lines = ["Which steps: every layer INT8 on these steps only, FP32 on the others (step 0 = the noisiest):", "",
+             "| INT8 on steps | PSNR dB ↑ |", "|---|---|"]
+    lines += [f"| {e['steps'][0]} | {e['psnr_db']:.1f} |" for e in report["steps_alone"]]
+    lines += [f"| {e['steps'][0]}–{e['steps'][1] - 1} | {e['psnr_db']:.1f} |" for e in report["steps_from"]]
     return "\n".join(lines) + "\n"
 
 
@@ -201,8 +236,14 @@ def cmd_tune(args) -> int:
     if args.metrics_only and not args.metrics_samples:
         raise DeltaDiTError("--metrics-only | given without --metrics-samples. Expected: --metrics-samples N (e.g. 200).")
     out = Path(args.out)
+    if args.int8_steps and not args.int8:
+        raise DeltaDiTError("--int8-steps | given without --int8. Expected: --int8 --int8-steps SAMPLES (e.g. 20).")
     if args.int8_calibrations:
         return compare_calibrations(preset, args.int8_calibrations, out, args)
+    if args.int8_steps:
+        int8_steps(preset, out, args.int8_steps, args.calib_count)
+        print((out / "int8-steps.md").read_text() + f"wrote {out}/int8-steps.md, {out}/int8-steps.json")
+        return 0
     if args.metrics_only:
         report = read_report(out)
         if report.get("model") != preset.name:
@@ -275,6 +316,9 @@ def add_parser(sub) -> None:
     t.add_argument("--int8-calibrations", type=flag(_methods, "--int8-calibrations"), metavar="METHODS",
                    help="with --int8: compare these calibrations on the screen instead of searching plans, e.g. "
                         "max,percentile:99.9,smoothquant:0.8,max@early,bundle:PATH (out/int8-calibrations.md)")
+    t.add_argument("--int8-steps", type=flag(integer, "--int8-steps", 1, 1000, parse=int), default=0, metavar="SAMPLES",
+                   help="with --int8: which denoising steps the INT8 error comes from (every layer INT8 on one step at "
+                        "a time, on this many held-out images) instead of searching plans (out/int8-steps.md)")
     t.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt", help="where the shortlist is timed")
     t.add_argument("--steps-grid", type=flag(_ints, "--steps-grid"),
                    help="comma-separated step counts T to search (default: the preset's and 16, 12, 10... see Grid)")

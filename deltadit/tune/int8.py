@@ -5,6 +5,7 @@ Sensitivity is measured on the fake-quantized PyTorch model (not the exported gr
 INT8-vs-fake-quant check holds them within ~1e-3), **one layer at a time**: every quantizer off except
 that layer's, one held-out generation, its error against the full-precision images of the same plan.
 The ranking is the order in which layers are kept in floating point (export: ``--int8-keep-fp``).
+:func:`step_sensitivity` asks the same of the denoising steps: every layer quantized, on one step at a time.
 """
 
 from __future__ import annotations
@@ -137,6 +138,44 @@ def sensitivity(qmodel, generate: Callable[[object], np.ndarray], reference: np.
     finally:
         _set(layers, set(layers))
     return sorted(out, key=lambda e: (e.psnr_db, e.name))
+
+
+@dataclass(frozen=True)
+class StepError:
+    """INT8 on a span of denoising steps only (FP32 on the others): PSNR (dB) of the held-out images
+    against the full-precision ones. steps: [first, end)."""
+
+    first: int
+    end: int
+    psnr_db: float
+
+    def to_dict(self) -> dict:
+        return {"steps": [self.first, self.end], "psnr_db": self.psnr_db}
+
+
+def _gate_steps(layers: dict, first: int, end: int):
+    """Quantizers on for steps [first, end) only: set for step 0 now; returns the sampler callback that,
+    after step i, sets them for step i + 1."""
+    _set(layers, set(layers) if first <= 0 < end else set())
+    return lambda i, *_: _set(layers, set(layers) if first <= i + 1 < end else set())
+
+
+def step_sensitivity(qmodel, generate: Callable[..., np.ndarray], reference: np.ndarray,
+                     num_steps: int) -> tuple[list[StepError], list[StepError]]:
+    """Which denoising steps the INT8 error comes from. (each step alone in INT8, the others FP, in step
+    order; INT8 from step k to the end for k = 0, T/4, T/2, 3T/4, the steps before k in FP).
+    generate(model, callback) -> held-out images, callback(i, ...) called after each step i."""
+    layers = quantized_linears(qmodel)
+
+    def run(first: int, end: int) -> StepError:
+        return StepError(first, end, _psnr(generate(qmodel, _gate_steps(layers, first, end)), reference))
+
+    try:
+        alone = [run(i, i + 1) for i in range(num_steps)]
+        tails = [run(k, num_steps) for k in sorted({0, num_steps // 4, num_steps // 2, 3 * num_steps // 4})]
+    finally:
+        _set(layers, set(layers))
+    return alone, tails
 
 
 def keep_until(qmodel, generate: Callable[[object], np.ndarray], reference: np.ndarray, ranking: list[LayerError],

@@ -69,8 +69,9 @@ class Screen:
         self.decode = _decoder(preset)
         self.reference = self.images(_reference_plan(preset), transformer)
 
-    def images(self, plan, transformer=None) -> np.ndarray:
-        """(samples, H, W[, C]) images in [0, 1] of ``plan`` run on ``transformer`` (default: the FP one)."""
+    def images(self, plan, transformer=None, callback=None) -> np.ndarray:
+        """(samples, H, W[, C]) images in [0, 1] of ``plan`` run on ``transformer`` (default: the FP one).
+        callback: the sampler's per-step callback (deltadit.runtime.loop.denoise)."""
         from deltadit.models import split
         from deltadit.runtime.executor import DeltaDiTExecutor
         from deltadit.runtime.runners.torch import TorchRunner
@@ -80,7 +81,8 @@ class Screen:
         side, patch = self.preset.latent_side, self.preset.spec.token_side(self.preset.transformer)
         s = split(model, plan.groups, (side // patch, side // patch))
         executor = DeltaDiTExecutor(plan, s.segments, TorchRunner(s))
-        latents = sample(executor, s.spec, s.config, from_preset(self.preset), self.cond, self.uncond, self.seeds)
+        latents = sample(executor, s.spec, s.config, from_preset(self.preset), self.cond, self.uncond, self.seeds,
+                         callback=callback)
         return self.decode(latents)
 
     def score(self, plan, transformer=None) -> tuple[Score, np.ndarray]:

@@ -16,7 +16,7 @@ from deltadit.plan import build_plan
 from deltadit.runtime.executor import DeltaDiTExecutor
 from deltadit.runtime.runners.torch import TorchRunner
 from deltadit.runtime.sampling import from_preset, sample
-from deltadit.tune.int8 import keep_until, quantize_model, quantized_linears, sensitivity
+from deltadit.tune.int8 import _psnr, keep_until, quantize_model, quantized_linears, sensitivity, step_sensitivity
 from tests.conftest import PIXART_TINY, build_pixart
 from tests.export.test_bundle import conditions, tiny_preset
 
@@ -40,10 +40,11 @@ def planted_model():
     return model
 
 
-def generate(model) -> np.ndarray:
+def generate(model, callback=None) -> np.ndarray:
     cond, uncond = conditions("pixart")
     s = split(model, PLAN.groups)
-    x = sample(DeltaDiTExecutor(PLAN, s.segments, TorchRunner(s)), s.spec, s.config, from_preset(PRESET), cond, uncond, [5])
+    x = sample(DeltaDiTExecutor(PLAN, s.segments, TorchRunner(s)), s.spec, s.config, from_preset(PRESET), cond, uncond, [5],
+               callback=callback)
     return (x / 2 + 0.5).clamp(0, 1).numpy()
 
 
@@ -83,3 +84,34 @@ def test_keep_fp_naming_no_layer_is_refused(planted):
     with pytest.raises(DeltaDiTError, match=r"--int8-keep-fp \| transformer_blocks\.99\.ff names no Linear layer"):
         quantize_model(fp, PRESET, PLAN, dataclasses.replace(OPTIONS, keep_fp=("transformer_blocks.99.ff",)),
                        [conditions("pixart")])
+
+
+def test_step_sensitivity_quantizes_only_the_named_steps(planted):
+    _, q, reference = planted
+    layer = quantized_linears(q)[PLANTED]
+    runs = []  # per generation: (step, the layer's input quantizer on) at each call of the layer
+
+    def recording(model, callback):
+        seen, step = [], [0]
+        runs.append(seen)
+
+        def after(i, *rest):
+            step[0] = i + 1
+            callback(i, *rest)
+
+        hook = layer.register_forward_pre_hook(lambda m, _: seen.append((step[0], m.input_quantizer.is_enabled)))
+        try:
+            return generate(model, after)
+        finally:
+            hook.remove()
+
+    alone, tails = step_sensitivity(q, recording, reference, PLAN.num_steps)
+    assert [(e.first, e.end) for e in alone] == [(0, 1), (1, 2), (2, 3)]
+    assert [(e.first, e.end) for e in tails] == [(0, 3), (1, 3), (2, 3)]
+    spans = [(e.first, e.end) for e in alone + tails]
+    for (first, end), seen in zip(spans, runs):
+        assert sorted({s for s, _ in seen}) == [0, 1, 2]  # the layer ran on every step
+        assert all(on == (first <= s < end) for s, on in seen), ((first, end), seen)
+    assert len(quantized_linears(q)) == 10 * BLOCKS  # every quantizer is back on afterwards
+    assert tails[0].psnr_db == _psnr(generate(q), reference)  # INT8 on every step is the plain INT8 run
+    assert min(e.psnr_db for e in alone) > tails[0].psnr_db  # one step in INT8 errs less than all of them

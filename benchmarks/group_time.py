@@ -1,0 +1,90 @@
+"""Per-step time of each bundle's first block group on ONNX Runtime CPU, side by side: what keeping layers in
+FP32 (`deltadit-export --int8 --int8-keep-fp ...`) costs at run time.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/group_time.py BUNDLE [BUNDLE ...] --rounds 9 --calls 5 \
+        --json benchmarks/results/calibration-animals/keep-fp-group-time.json
+
+Every bundle's group gets its own session (1 intra-op thread unless --threads) on the same inputs (the
+first bundle's head output for one step's CFG batch). In each of --rounds interleaved rounds, each session
+runs --calls times; a round's figure is the median call. Reported: the median and min–max over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def group_session(bundle, threads: int):
+    """(an ONNX Runtime session of the bundle's first block group, that group's input names)."""
+    import onnxruntime as ort
+
+    runner = bundle.runner
+    group = next(s for s in bundle.segments if s.kind == "group")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    path = runner.root / runner.graph_path(runner.entries[group.name])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, [i.name for i in session.get_inputs()]
+
+
+def head_output(bundle) -> dict:
+    """The head segment's outputs for the bench's step inputs, as contiguous numpy arrays."""
+    import numpy as np
+
+    from deltadit.bench import step_feeds
+
+    out = bundle.runner.infer(bundle.segments[0].name, step_feeds(bundle))
+    return {k: np.ascontiguousarray(v.numpy()) for k, v in out.items()}
+
+
+def time_groups(paths: list[str], rounds: int, calls: int, threads: int) -> dict:
+    from deltadit.runtime import load
+
+    bundles = {Path(p).name: load(p) for p in paths}
+    feeds = head_output(next(iter(bundles.values())))
+    sessions = {}
+    for name, b in bundles.items():
+        session, inputs = group_session(b, threads)
+        sessions[name] = (session, {n: feeds[n] for n in inputs})
+    for session, f in sessions.values():  # warm-up
+        for _ in range(3):
+            session.run(None, f)
+    per_round = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for name, (session, f) in sessions.items():
+            calls_s = []
+            for _ in range(calls):
+                tic = time.perf_counter()
+                session.run(None, f)
+                calls_s.append(time.perf_counter() - tic)
+            per_round[name].append(statistics.median(calls_s) * 1e3)
+    results = {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "rounds_ms": v}
+               for k, v in per_round.items()}
+    return {"rounds": rounds, "calls_per_round": calls, "threads": threads,
+            "inputs": {k: list(v.shape) for k, v in feeds.items()}, "results": results}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("bundles", nargs="+")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args()
+    result = time_groups(args.bundles, args.rounds, args.calls, args.threads)
+    for name, r in result["results"].items():
+        print(f"{name:45s} {r['median_ms']:7.1f} ms ({r['min_ms']:.1f}–{r['max_ms']:.1f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
