@@ -114,4 +114,7 @@ def test_step_sensitivity_quantizes_only_the_named_steps(planted):
         assert all(on == (first <= s < end) for s, on in seen), ((first, end), seen)
     assert len(quantized_linears(q)) == 10 * BLOCKS  # every quantizer is back on afterwards
     assert tails[0].psnr_db == _psnr(generate(q), reference)  # INT8 on every step is the plain INT8 run
-    assert min(e.psnr_db for e in alone) > tails[0].psnr_db  # one step in INT8 errs less than all of them
+    # On this model the planted outlier's error arises at the noisiest step: step 0 alone in INT8 is as bad as
+    # every step (20.3 dB), steps 1 and 2 alone barely matter (63, 90 dB), and FP32 on step 0 avoids it.
+    assert alone[0].psnr_db < tails[0].psnr_db + 1 and min(alone[1].psnr_db, alone[2].psnr_db) > alone[0].psnr_db + 20
+    assert tails[1].psnr_db > tails[0].psnr_db + 20
