@@ -46,7 +46,7 @@ def head_output(bundle) -> dict:
 def time_groups(paths: list[str], rounds: int, calls: int, threads: int) -> dict:
     from deltadit.runtime import load
 
-    bundles = {Path(p).name: load(p) for p in paths}
+    bundles = {str(Path(p)): load(p) for p in paths}  # keyed as given: two folders may share a name
     feeds = head_output(next(iter(bundles.values())))
     sessions = {}
     for name, b in bundles.items():
