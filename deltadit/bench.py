@@ -268,6 +268,12 @@ def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "
 
     if device != "cpu" and set(backends) != {"onnxrt"}:
         raise DeltaDiTError(f"bench --device | {device} runs bundles on ONNX Runtime only. Expected: --backends onnxrt.")
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeltaDiTError(f"bench --device | {device}: PyTorch sees no CUDA GPU here. Expected: a CUDA build of "
+                                "torch with a visible GPU (and onnxruntime-gpu), or --device cpu.")
     providers = ["CUDAExecutionProvider"] if device != "cpu" else None
     configs, first = [], None
     for path in bundles:

@@ -141,3 +141,13 @@ def test_step_timer_waits_for_the_device():
 
     bench.time_paths(Executor(), {}, sync=lambda: events.append("sync"))
     assert events == ["sync", "step", "sync"]
+
+
+def test_bench_on_cuda_needs_a_visible_gpu(tmp_path, monkeypatch):
+    import torch
+
+    from deltadit.errors import DeltaDiTError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeltaDiTError, match=r"bench --device \| cuda: PyTorch sees no CUDA GPU here\. Expected: a CUDA build"):
+        bench.main([str(tmp_path), "--device", "cuda"])
