@@ -162,9 +162,9 @@ def _gate_steps(layers: dict, first: int, end: int):
 
 def step_sensitivity(qmodel, generate: Callable[..., np.ndarray], reference: np.ndarray,
                      num_steps: int) -> tuple[list[StepError], list[StepError]]:
-    """Which denoising steps the INT8 error comes from. (each step alone in INT8, the others FP, in step
-    order; INT8 from step k to the end for k = 0, T/4, T/2, 3T/4, the steps before k in FP).
-    generate(model, callback) -> held-out images, callback(i, ...) called after each step i."""
+    """Which denoising steps the INT8 error comes from. Returns (each step alone in INT8 with the others
+    in FP, in step order; INT8 from step k to the end for k = 0, T/4, T/2, 3T/4 with the steps before k
+    in FP). generate(model, callback) -> held-out images, with callback(i, ...) called after each step i."""
     layers = quantized_linears(qmodel)
 
     def run(first: int, end: int) -> StepError:
