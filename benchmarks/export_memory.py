@@ -171,9 +171,7 @@ def main() -> None:
     random_init = not preset.source.startswith("embedded:")
     nb_all = preset.num_blocks
     nb = args.layers or nb_all
-    if nb != nb_all:
-        preset = preset.with_overrides(transformer={**preset.transformer, "num_layers": nb},
-                                       nc=round(preset.nc * nb / nb_all))
+    preset = preset.with_blocks(nb)
     if args.steps:
         preset = preset.with_overrides(steps=args.steps, b=max(1, round(preset.b * args.steps / preset.steps)))
     int8 = Int8Options(count=args.calib_count) if args.int8 else None

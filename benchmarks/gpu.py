@@ -67,14 +67,6 @@ def final_errors(configs, device: str) -> dict:
     return out
 
 
-def small_preset(preset, layers: int | None):
-    if not layers:
-        return preset
-    nb = preset.num_blocks
-    return preset.with_overrides(transformer={**preset.transformer, "num_layers": layers},
-                                 nc=max(1, round(preset.nc * layers / nb)))
-
-
 def main() -> int:
     import torch
 
@@ -102,7 +94,7 @@ def main() -> int:
     except ImportError:
         pass
     print(env, flush=True)
-    preset = small_preset(load_preset("pixart"), args.layers)
+    preset = load_preset("pixart").with_blocks(args.layers)
     plan = preset.plan()
     work = Path(args.work) / f"pixart-{preset.num_blocks}blocks"
     paths = [str(b) for b in (export(preset, plan, work / k, k) for k in ("fp32", "fp16")) if b is not None]

@@ -44,9 +44,7 @@ def main() -> None:
     random_init = preset.source.startswith("embedded:") is False
     nb_all = preset.num_blocks
     nb = args.layers or nb_all
-    nc = round(preset.nc * nb / nb_all)
-    if nb != nb_all:
-        preset = preset.with_overrides(transformer={**preset.transformer, "num_layers": nb}, nc=nc)
+    preset = preset.with_blocks(nb)
     plan = preset.plan()
     name = f"{args.model}-{nb}blocks" if nb != nb_all else args.model
     work = Path(args.work) / name
@@ -65,7 +63,7 @@ def main() -> None:
     argv += ["--backends", args.backends] + (["--no-loops"] if args.no_loops else [])
     bench.main(argv)
     summary = json.loads((results / f"{name}.json").read_text())
-    header = (f"{preset.description}: {nb} of {nb_all} blocks, N_c = {nc}, b = {preset.b}, {preset.steps} steps, "
+    header = (f"{preset.description}: {nb} of {nb_all} blocks, N_c = {preset.nc}, b = {preset.b}, {preset.steps} steps, "
               f"{'random-init weights (timing only)' if random_init else 'trained weights'}; median of {args.repeats} rounds.\n\n")
     (results / f"{name}.md").write_text(header + bench.format_report(summary))
 

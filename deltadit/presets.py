@@ -82,6 +82,14 @@ class Preset:
             return plan_from_budget(self.steps, self.num_blocks, budget, self.b, self.variant, cuts)
         return build_plan(self.steps, self.num_blocks, self.nc, self.b, self.interval, self.variant, cuts)
 
+    def with_blocks(self, blocks: int | None) -> "Preset":
+        """This preset cut to its first ``blocks`` transformer blocks (None or all: itself), N_c scaled in
+        proportion (benchmarks time a few blocks at the full width)."""
+        if not blocks or blocks == self.num_blocks:
+            return self
+        return self.with_overrides(transformer={**self.transformer, "num_layers": blocks},
+                                   nc=round(self.nc * blocks / self.num_blocks))
+
     def with_overrides(self, **values) -> "Preset":
         """A checked copy with the non-None values replaced (CLI flags override preset values)."""
         return replace(self, **{k: x for k, x in values.items() if x is not None}).check()

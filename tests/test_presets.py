@@ -163,3 +163,13 @@ def test_packaged_presets_match_the_diffusers_classes():
     for name in available():
         p = load_preset(name)
         assert unknown_keys(p.arch, p.transformer, "{cls}") == [], name
+
+
+def test_with_blocks_cuts_the_model_and_scales_n_c():
+    from deltadit.presets import load_preset
+
+    p = load_preset("pixart")
+    assert p.with_blocks(None) is p and p.with_blocks(28) is p
+    eight = p.with_blocks(8)
+    assert (eight.num_blocks, eight.nc, eight.b, eight.steps) == (8, 6, p.b, p.steps)  # 21 / 28 of 8 blocks
+    assert eight.transformer["attention_head_dim"] == p.transformer["attention_head_dim"]  # full width kept
