@@ -4,8 +4,8 @@ held-out images of the embedded model, with the paired bootstrap standard error 
     PYTHONPATH=. .venv/bin/python benchmarks/keep_sets.py --samples 20 \
         --json benchmarks/results/calibration-animals/keep-set-noise-20.json
 
-Keep-sets: the top 1, 2 and 4 of --top (the sensitivity ranking's head) and --random single layers drawn
-from the rest. Each is applied by switching those layers' quantizers off on one calibrated fake-quantized
+Keep-sets: the top 1, 2 and 4 of TOP (the sensitivity ranking's head on animals) and --random single
+layers drawn from the rest. Each is applied by switching those layers' quantizers off on one calibrated fake-quantized
 model (what `deltadit tune`'s keep_until does). Measures per keep-set: mean and median image PSNR against
 the FP32 images and the pooled final-latent SQNR; each with its change against k = 0 and the standard
 error of that change over --bootstrap paired resamples of the images.
@@ -28,12 +28,13 @@ def per_image(screen, latents: np.ndarray, reference: np.ndarray) -> tuple[np.nd
     """(PSNR of each decoded image, each reference latent's energy, each latent's error energy)."""
     import torch
 
+    from deltadit.eval.run import psnr_per_image
+
     n = len(latents)
-    images, ref_images = screen.decode(torch.as_tensor(latents)), screen.decode(torch.as_tensor(reference))
-    mse = ((images - ref_images) ** 2).reshape(n, -1).mean(1)
+    psnr = psnr_per_image(screen.decode(torch.as_tensor(latents)), screen.decode(torch.as_tensor(reference)))
     signal = (reference ** 2).reshape(n, -1).sum(1)
     noise = ((latents - reference) ** 2).reshape(n, -1).sum(1)
-    return 10 * np.log10(1 / np.maximum(mse, 1e-10)), signal, noise
+    return psnr, signal, noise
 
 
 def measures(psnr, signal, noise, idx=slice(None)) -> np.ndarray:

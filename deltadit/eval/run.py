@@ -167,10 +167,16 @@ class Fid:
         return paired_delta_interval(feats, base_feats, lambda f: frechet_distance(ref["mu"], ref["sigma"], f), rounds, seed)
 
 
+def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """PSNR (dB) of each image of ``a`` against the same image of ``b`` (images in [0, 1]); identical
+    images count as 100 dB."""
+    mse = ((np.asarray(a, np.float64) - b) ** 2).reshape(len(a), -1).mean(1)
+    return np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-10)), 100.0)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over images of PSNR (images in [0, 1]); identical images count as 100 dB."""
-    mse = ((a.astype(np.float64) - b) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-10)), 100.0)))
+    return float(np.mean(psnr_per_image(a, b)))
 
 
 def save_grid(images: np.ndarray, per_class: int, path: Path, columns: int = 8) -> None:

@@ -126,11 +126,10 @@ class MethodScore:
 def score(latents, reference, decode: Callable, method: str = "", seconds: float = 0.0) -> MethodScore:
     """``latents`` (n, C, h, w) against the FP ``reference`` latents: per-image PSNR of the decoded images
     (``decode``: latents -> (n, ...) images in [0, 1]) and the final-latent SQNR."""
+    from deltadit.eval.run import psnr_per_image
     from deltadit.export.quantize import sqnr
 
-    a, b = decode(latents), decode(reference)
-    mse = ((np.asarray(a, np.float64) - b) ** 2).reshape(len(a), -1).mean(1)
-    p = np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-10)), 100.0)
+    p = psnr_per_image(decode(latents), decode(reference))
     db = sqnr(np.asarray(reference), np.asarray(latents))["sqnr_db"]
     return MethodScore(method, float(np.median(p)), float(p.min()), float(p.max()), float(p.mean()), db, seconds)
 
