@@ -57,8 +57,9 @@ class SegmentEntry:
     inputs: tuple[TensorDesc, ...]
     outputs: tuple[TensorDesc, ...]
     files: tuple[FileEntry, ...]  # files[0] is the standard graph; the rest its external data / variants
-    ort_graph: str | None = None  # path of the fused-attention graph for ONNX Runtime (one of files)
-    fused_attention: int = 0
+    ort_graph: str | None = None  # path of the fused graph for ONNX Runtime (one of files; export/fuse.py)
+    fused_attention: int = 0  # attention nodes fused in it
+    fused_gelu: int = 0  # tanh GELUs fused in it
     check: dict = field(default_factory=dict)
 
     @property
@@ -345,6 +346,7 @@ def _segment(f: Fields) -> SegmentEntry:
         outputs=tuple(_tensor(Fields(t, f"{f.where}.outputs[{i}]")) for i, t in enumerate(f.list("outputs", 32))),
         files=tuple(files), ort_graph=ort_path,
         fused_attention=ort.int("fused_attention", 0, 1 << 16) if ort is not None else 0,
+        fused_gelu=ort.int("fused_gelu", 0, 1 << 16, optional=True) or 0 if ort is not None else 0,
         check=check if isinstance(check, dict) else {},
     )
 

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines even where TensorRT is available")
     p.add_argument("--no-fused-attention", action="store_true",
-                   help="do not write the ONNX Runtime fused-attention graphs (<group>.ort.onnx)")
+                   help="do not write the ONNX Runtime fused graphs (<group>.ort.onnx: attention and GELU fused)")
     p.add_argument("--text-encoder", action="store_true",
                    help="also put the T5 caption encoder (FP32 ONNX) and its tokenizer in the bundle, so `deltadit generate` "
                         "encodes prompts without --pipeline (PixArt-α / Σ, animals; PixArt's VAE still comes from --pipeline)")
@@ -180,12 +180,12 @@ def print_summary(args, preset, plan, int8, report, seconds: float) -> None:
     from deltadit.bundle import read_bundle
 
     manifest = read_bundle(report.bundle)  # the published bundle, read back as any reader would
-    fused = {s.name: s.fused_attention for s in manifest.segments if s.ort_graph}
+    fused = {s.name: f"{s.fused_attention} attention(s), {s.fused_gelu} GELU(s) fused" for s in manifest.segments if s.ort_graph}
     for name, outs in report.errors.items():
         worst = max(outs.values(), key=lambda e: e["rel"])
         size = sum(f.stat().st_size for f in (report.bundle / "onnx").glob(f"{name}.onnx*"))
         print(f"  {name:<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {worst['rel']:.1e}"
-              + (f"   ONNX Runtime graph: {fused[name]} attention(s) fused" if name in fused else ""))
+              + (f"   ONNX Runtime graph: {fused[name]}" if name in fused else ""))
     if te := manifest.text_encoder:
         size = sum((report.bundle / f.path).stat().st_size for f in te.files)
         print(f"  {'text_encoder':<14} {size / 2**20:9.1f} MiB   max rel err vs PyTorch {te.check['rel']:.1e}   "

@@ -165,7 +165,7 @@ def export_bundle(
     INT8-vs-FP quality is the separate SQNR guard. max_batch: recorded for engine builders (the ONNX batch axis is dynamic); default the
     CFG batch, which is also the optimisation point. int8: an :class:`Int8Options` to quantize the
     block groups with ModelOpt (calibrated along the plan's trajectory), or None for FP32. fuse: also
-    write each group's ONNX Runtime fused-attention graph (export/fuse.py), checked like the others.
+    write each group's ONNX Runtime graph with attention and GELU fused (export/fuse.py), checked like the others.
     force: replace ``out`` when it is already a bundle (else refused); a folder that is not a bundle is
     never replaced (export/publish.py). On any failure ``out`` is as before; ``out.partial`` is kept only
     when it holds finished segments a re-run reuses, and the exception carries a note saying which.
@@ -284,7 +284,7 @@ def export_onnx(split, traced: dict, target: Output, opset: int, vers: dict, fus
         args, outs = traced[seg.name]
         shapes = {n: list(t.shape) for n, t in args.items()}
         fp16 = precision == "fp16" and seg.kind == "group"
-        key = segment_key(split.modules[seg.name], seg, shapes, opset, vers) + ("-fused" if fuse else "") + (
+        key = segment_key(split.modules[seg.name], seg, shapes, opset, vers) + ("-fused-mha-gelu" if fuse else "") + (
             "-fp16" if fp16 else "")
         done = stages.get(seg.name)
         if done and done["key"] == key and all((work / f["path"]).is_file() and sha256_file(work / f["path"]) == f["sha256"]
@@ -318,24 +318,24 @@ def _weight_bytes(module) -> int:
 
 def _export_segment(modules: dict, seg, args: dict, target: Output, opset: int, fuse: bool, unbatched=(),
                     fp16: bool = False):
-    """One segment's ONNX (and, for groups, its fused-attention graph); its module is taken out of
+    """One segment's ONNX (and, for groups, its fused ONNX Runtime graph); its module is taken out of
     ``modules`` and dropped once traced, before the ONNX is loaded back. Returns (files, ort_graph)."""
-    from deltadit.export.fuse import fuse_attention
+    from deltadit.export.fuse import fuse_for_ort
     from deltadit.export.onnx import export_segment
 
     work, n = target.work, seg.name
-    # every name export_segment and fuse_attention write, temporaries included, before they write it
+    # every name export_segment and fuse_for_ort write, temporaries included, before they write it
     target.claim(f"onnx/{n}.onnx", f"onnx/{n}.onnx.data", f"onnx/{n}.raw*", f"onnx/{n}.ort.onnx", f"onnx/{n}.ort.onnx.tmp")
     path = work / "onnx" / f"{n}.onnx"
     path.parent.mkdir(exist_ok=True)
     written = export_segment(modules, seg, args, path, opset, unbatched, fp16)
     ort_graph = None
-    if fuse and seg.kind == "group":  # ONNX Runtime variant with fused attention (export/fuse.py)
+    if fuse and seg.kind == "group":  # ONNX Runtime variant with fused attention and GELU (export/fuse.py)
         fused_path = path.with_name(f"{n}.ort.onnx")
-        fused = fuse_attention(path, fused_path)
-        if fused:
+        fused = fuse_for_ort(path, fused_path)
+        if any(fused.values()):
             written.append(fused_path)
-            ort_graph = {"path": str(fused_path.relative_to(work)), "fused_attention": fused}
+            ort_graph = {"path": str(fused_path.relative_to(work)), **fused}
     return [{"path": str(f.relative_to(work)), "sha256": sha256_file(f)} for f in written], ort_graph
 
 

@@ -28,7 +28,9 @@ from deltadit.eval.stats import (DEFAULT_ROUNDS, Interval, accuracy_interval, fi
                                  paired_delta_interval)
 
 MAX_PER_CLASS = 1000  # generated images per class prompt and row (animal-mnist has 1000 real ones per class)
-ROWS = ("baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8")
+ROWS = ("baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8",
+        "int8-smoothquant")
+SMOOTHQUANT_ALPHA = 0.5  # the int8-smoothquant row's: the best deployable method of `deltadit tune --int8-calibrations`
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Row:
     name: str
     plan: object
     int8: bool
+    calibration: str = "max"  # INT8 rows: the export's --calibration (smoothquant at SMOOTHQUANT_ALPHA)
 
 
 def rows_for(preset, names=ROWS) -> list[Row]:
@@ -53,7 +56,8 @@ def rows_for(preset, names=ROWS) -> list[Row]:
     fewer = max(1, round(preset.steps * ratio))  # the paper's "T = 13" row: uncached at Δ-DiT's MACs
     table = {"baseline": Row("baseline", plan("none"), False),
              "fewer-steps": Row(f"fewer-steps (T={fewer})", plan("none", steps=fewer), False),
-             "int8": Row("int8", plan("none"), True), "delta-dit+int8": Row("delta-dit+int8", plan("delta-dit"), True)}
+             "int8": Row("int8", plan("none"), True), "delta-dit+int8": Row("delta-dit+int8", plan("delta-dit"), True),
+             "int8-smoothquant": Row(f"int8-smoothquant (alpha={SMOOTHQUANT_ALPHA})", plan("none"), True, "smoothquant")}
     for v in ("shallow", "middle", "deep", "delta-dit", "opposite"):
         table[v] = Row(v, plan(v), False)
     unknown = [n for n in names if n not in table]
@@ -76,14 +80,17 @@ def bundle_for(row: Row, preset, root: Path, calib_count: int, keep_fp: tuple[st
             m = read_bundle(out)
         except DeltaDiTError:  # an older format or a damaged bundle: export it again
             m = None
+        options = (m.int8 or {}).get("options", {}) if m is not None else {}
         if (m is not None and m.plan == row.plan and m.precision == ("int8" if row.int8 else "fp32")
                 and m.model.weights_sha256 == weights_fingerprint(preset.source)
-                and (not row.int8 or (m.int8 or {}).get("options", {}).get("keep_fp", []) == list(keep_fp))):
+                and (not row.int8 or (options.get("keep_fp", []) == list(keep_fp)
+                                      and options.get("calibration", "max") == row.calibration))):
             return out
     p = preset.with_overrides(steps=row.plan.num_steps, b=row.plan.b, nc=row.plan.n_c, interval=row.plan.interval,
                               variant=row.plan.variant)
     export_bundle(p, row.plan, out, progress=False, build_engines=False, force=True,  # replaces a stale bundle
-                  int8=Int8Options(count=calib_count, keep_fp=tuple(keep_fp)) if row.int8 else None)
+                  int8=Int8Options(calibration=row.calibration, alpha=SMOOTHQUANT_ALPHA, count=calib_count,
+                                   keep_fp=tuple(keep_fp)) if row.int8 else None)
     return out
 
 
@@ -247,7 +254,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
         loops = loop_times_ms(bundle, conditioner, latency_repeats)
         results.append({
             "row": row.name, "steps": row.plan.num_steps, "variant": row.plan.variant, "precision": "int8" if row.int8 else "fp32",
-            "n_c": row.plan.n_c, "b": row.plan.b, "macs": macs, "macs_ratio": macs / base_macs, "speedup_bound": base_macs / macs,
+            **({"calibration": row.calibration} if row.int8 else {}), "n_c": row.plan.n_c, "b": row.plan.b, "macs": macs, "macs_ratio": macs / base_macs, "speedup_bound": base_macs / macs,
             "latency_ms": statistics.median(loops), "latency_ms_range": [min(loops), max(loops)],
             "fid": fid_ci.value, "class_accuracy": acc.value,
             "fid_ci": fid_ci.to_dict(), "class_accuracy_ci": acc.to_dict(),

@@ -54,7 +54,7 @@ class OnnxrtRunner(Runner):
         on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
         self.device = f"cuda:{device_id}" if on_gpu else "cpu"
         self.device_id = device_id
-        # The fused-attention graph (com.microsoft.MultiHeadAttention) where the bundle has one; not under
+        # The fused graph (com.microsoft.MultiHeadAttention, FastGelu) where the bundle has one; not under
         # TensorRT's execution provider, which would hand the contrib op back to CUDA and split the graph.
         self.fused_attention = fused_attention and "TensorrtExecutionProvider" not in self.providers
         # ONNX Runtime's CPU arena keeps each session's largest activations for the session's lifetime (a

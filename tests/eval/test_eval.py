@@ -79,12 +79,14 @@ def test_embedded_default_prompts_steer_the_class(default_bundle):
 
 def test_rows_follow_the_paper(tmp_path):
     rows = {r.name.split(" ")[0]: r for r in rows_for(PRESET)}
-    assert list(rows) == ["baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8"]
+    assert list(rows) == ["baseline", "fewer-steps", "shallow", "middle", "deep", "delta-dit", "opposite", "int8", "delta-dit+int8",
+                          "int8-smoothquant"]
     # N_c = 9 of 12 at N = 2 over 20 steps: 20*12 - 10*9 = 150 block calls of 240 -> fewer-steps T = round(20 * 0.625) = 12
     assert rows["fewer-steps"].plan.num_steps == 12 and rows["fewer-steps"].plan.variant == "none"
     assert rows["delta-dit"].plan.ranges == ((3, 12), (0, 9))  # deep while t <= b, then shallow
     assert rows["opposite"].plan.ranges == ((0, 9), (3, 12))
-    assert rows["int8"].int8 and rows["int8"].plan.variant == "none"
+    assert rows["int8"].int8 and rows["int8"].plan.variant == "none" and rows["int8"].calibration == "max"
+    assert rows["int8-smoothquant"].calibration == "smoothquant" and rows["int8-smoothquant"].plan == rows["int8"].plan
 
 
 def test_eval_small_run(small_run):
@@ -125,3 +127,17 @@ def test_eval_reuses_a_row_bundle_only_for_the_same_weights(small_run, monkeypat
     monkeypatch.setattr("deltadit.sources.weights_fingerprint", lambda source: "other weights")
     run.bundle_for(row, PRESET, root, 1)  # the embedded weights changed since: export again
     assert exported == [out]
+
+
+def test_eval_reuses_an_int8_row_bundle_only_for_the_same_calibration(small_run, monkeypatch):
+    import dataclasses
+
+    from deltadit.eval import run
+
+    root = small_run[1] / "bundles"
+    row = run.rows_for(PRESET, ("delta-dit+int8",))[0]  # exported by the small run, max-calibrated
+    exported = []
+    monkeypatch.setattr("deltadit.export.pipeline.export_bundle", lambda *a, **k: exported.append(k["int8"]))
+    assert run.bundle_for(row, PRESET, root, 1) == root / "delta-dit+int8" and exported == []  # reused
+    run.bundle_for(dataclasses.replace(row, calibration="smoothquant"), PRESET, root, 1)
+    assert [(o.calibration, o.alpha) for o in exported] == [("smoothquant", run.SMOOTHQUANT_ALPHA)]

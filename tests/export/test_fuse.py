@@ -1,4 +1,4 @@
-"""The ONNX Runtime fused-attention graph variant (export/fuse.py)."""
+"""The ONNX Runtime fused graph variant: attention and GELU (export/fuse.py)."""
 
 import json
 
@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from deltadit import runtime
 from deltadit.errors import DeltaDiTError
-from deltadit.export.fuse import count_ops, fuse_attention
+from deltadit.export.fuse import count_ops, fuse_for_ort
 from deltadit.export.pipeline import export_bundle
 from deltadit.plan import build_plan
 from tests.export.test_bundle import BLOCKS, STEPS, generate, tiny_preset
@@ -34,6 +34,8 @@ def test_groups_get_a_fused_graph_with_one_mha_per_self_attention(bundle):
         fused = root / seg["ort_graph"]["path"]
         assert seg["ort_graph"]["fused_attention"] == blocks
         assert count_ops(fused, "MultiHeadAttention") == blocks
+        assert seg["ort_graph"]["fused_gelu"] == count_ops(fused, "FastGelu") == blocks  # one per feed-forward
+        assert count_ops(fused, "Tanh") == 0 and count_ops(root / seg["files"][0]["path"], "Tanh") == blocks
         # PixArt's cross-attention carries the caption mask and stays unfused; DiT has none
         assert count_ops(fused, "Softmax") == (blocks if arch == "pixart" else 0)
         assert count_ops(root / seg["files"][0]["path"], "Softmax") == blocks * (2 if arch == "pixart" else 1)
@@ -74,12 +76,12 @@ def test_a_changed_fused_graph_fails_the_integrity_check(bundle, tmp_path):
         runtime.load(copy)
 
 
-def test_graph_without_attention_is_left_alone(bundle, tmp_path):
+def test_graph_without_attention_or_gelu_is_left_alone(bundle, tmp_path):
     _, root = bundle
     shutil.copytree(root / "onnx", tmp_path / "onnx")
-    head = tmp_path / "onnx" / "head.onnx"
-    assert fuse_attention(head, head.with_name("head.ort.onnx")) == 0
-    assert not head.with_name("head.ort.onnx").exists()
+    tail = tmp_path / "onnx" / "tail.onnx"  # final norm, projection, unpatchify
+    assert fuse_for_ort(tail, tail.with_name("tail.ort.onnx")) == {"fused_attention": 0, "fused_gelu": 0}
+    assert not tail.with_name("tail.ort.onnx").exists()
 
 
 def test_fused_graph_must_sit_next_to_its_weights(bundle, tmp_path):
@@ -87,7 +89,7 @@ def test_fused_graph_must_sit_next_to_its_weights(bundle, tmp_path):
     m = json.loads((root / "manifest.json").read_text())
     src = root / next(s for s in m["segments"] if s["kind"] == "group")["files"][0]["path"]
     with pytest.raises(ValueError, match="must be next to"):
-        fuse_attention(src, tmp_path / "elsewhere.onnx")
+        fuse_for_ort(src, tmp_path / "elsewhere.onnx")
 
 
 def test_explicit_scale_constants_become_the_scale_attribute(tmp_path):
@@ -115,7 +117,7 @@ def test_explicit_scale_constants_become_the_scale_attribute(tmp_path):
     src = tmp_path / "attn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(src))
     dst = tmp_path / "attn.ort.onnx"
-    assert fuse_attention(src, dst) == 1
+    assert fuse_for_ort(src, dst) == {"fused_attention": 1, "fused_gelu": 0}
     node = next(n for n in onnx.load(str(dst)).graph.node if n.op_type == "MultiHeadAttention")
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["num_heads"] == H and attrs["scale"] == pytest.approx(0.21)
@@ -132,3 +134,59 @@ def test_export_without_fusion_writes_only_standard_graphs(tmp_path):
     assert not list((tmp_path / "b" / "onnx").glob("*.ort.onnx"))
     b = runtime.load(tmp_path / "b")
     assert b.runner.graph_path(b.manifest.segments[1]) == m["segments"][1]["files"][0]["path"]
+
+
+def _gelu_graph(tmp_path, form: str):
+    """A hand-built tanh GELU of x = a + b, spelled as exporters write it. form: "x-then-half"
+    (Mul(Mul(1 + t, x), 0.5), the legacy exporter's order), "half-x" (Mul(1 + t, 0.5 * x)), or "pow"
+    (x^3 as Pow(x, 3)); "shared" is x-then-half with the cube also used as a graph output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"c3": 3.0, "k": 0.044715, "s": 0.7978845608028654, "one": 1.0, "half": 0.5}
+    init = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in consts.items()]
+    nodes = [helper.make_node("Add", ["a", "b"], ["x"])]
+    if form == "pow":
+        nodes.append(helper.make_node("Pow", ["x", "c3"], ["x3"]))
+    else:
+        nodes += [helper.make_node("Mul", ["x", "x"], ["x2"]), helper.make_node("Mul", ["x", "x2"], ["x3"])]
+    nodes += [helper.make_node("Mul", ["k", "x3"], ["kx3"]), helper.make_node("Add", ["x", "kx3"], ["in"]),
+              helper.make_node("Mul", ["s", "in"], ["sin"]), helper.make_node("Tanh", ["sin"], ["t"]),
+              helper.make_node("Add", ["t", "one"], ["t1"])]
+    if form == "half-x":
+        nodes += [helper.make_node("Mul", ["x", "half"], ["hx"]), helper.make_node("Mul", ["t1", "hx"], ["y"])]
+    else:
+        nodes += [helper.make_node("Mul", ["x", "t1"], ["xt"]), helper.make_node("Mul", ["half", "xt"], ["y"])]
+    shape = [2, 3, 8]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)]
+    if form == "shared":
+        outputs.append(helper.make_tensor_value_info("x3", TensorProto.FLOAT, shape))
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "ab"],
+                              outputs, initializer=init)
+    src = tmp_path / f"gelu-{form}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(src))
+    return src
+
+
+def test_tanh_gelu_in_each_spelling_becomes_one_fastgelu(tmp_path):
+    import onnxruntime as ort
+    from deltadit.export.fuse import fuse_for_ort
+
+    feeds = {n: np.random.default_rng(i).standard_normal((2, 3, 8)).astype(np.float32) * 3 for i, n in enumerate("ab")}
+    for form in ("x-then-half", "half-x", "pow"):
+        src = _gelu_graph(tmp_path, form)
+        dst = src.with_name(src.stem + ".ort.onnx")
+        assert fuse_for_ort(src, dst) == {"fused_attention": 0, "fused_gelu": 1}, form
+        assert count_ops(dst, "FastGelu") == 1 and count_ops(dst, "Tanh") == 0
+        assert [n for n in ("Mul", "Pow") if count_ops(dst, n)] == []  # the decomposition is gone
+        ref, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0] for p in (src, dst))
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_whose_parts_have_other_users_is_left_alone(tmp_path):
+    from deltadit.export.fuse import fuse_for_ort
+
+    src = _gelu_graph(tmp_path, "shared")  # x^3 is also a graph output: fusing would save nothing
+    dst = src.with_name("shared.ort.onnx")
+    assert fuse_for_ort(src, dst) == {"fused_attention": 0, "fused_gelu": 0}
+    assert not dst.exists()

@@ -40,6 +40,15 @@ def seg(m, name):
 def test_pristine_bundle_loads(bundle):
     m = read_bundle(bundle)
     assert [s.name for s in m.segments][0] == "head" and m.segment("blocks_00_03").ort_graph == "onnx/blocks_00_03.ort.onnx"
+    assert (m.segment("blocks_00_03").fused_attention, m.segment("blocks_00_03").fused_gelu) == (3, 3)
+
+
+def test_fused_gelu_count_is_optional_and_checked(bundle):
+    edit(bundle, lambda m: seg(m, "blocks_00_03")["ort_graph"].pop("fused_gelu"))  # a bundle from before GELU fusion
+    assert read_bundle(bundle).segment("blocks_00_03").fused_gelu == 0
+    edit(bundle, lambda m: seg(m, "blocks_00_03")["ort_graph"].update(fused_gelu="3"))
+    with pytest.raises(DeltaDiTError, match=r"ort_graph\.fused_gelu \| is a string"):
+        runtime.load(bundle)
 
 
 @pytest.mark.parametrize("path", ["/etc/shadow", "../outside.onnx", "onnx/../../x", "./onnx/head.onnx"])
