@@ -129,12 +129,7 @@ def _fuse(model) -> int:
                                name=f"{sm.name or 'attention'}/FusedMHA", domain=MS_DOMAIN, **attrs)
         new_nodes.append((merge_r, mha))
         count += 1
-    for old, mha in new_nodes:
-        index = list(graph.node).index(old)
-        graph.node.remove(old)
-        graph.node.insert(index, mha)
-    if count:
-        _prune(graph)
+    _swap(graph, new_nodes)
     return count
 
 
@@ -226,13 +221,19 @@ def _fuse_gelu(model) -> int:
         if last is not None:
             swaps.append((last, helper.make_node("FastGelu", [x], [last.output[0]], name=f"{tanh.name or 'gelu'}/FastGelu",
                                                  domain=MS_DOMAIN)))
-    for old, gelu in swaps:
+    _swap(graph, swaps)
+    return len(swaps)
+
+
+def _swap(graph, swaps: list) -> None:
+    """Put each (old, new) pair's new node where old was (new writes old's output), then drop what the
+    replaced subgraphs leave unused."""
+    for old, new in swaps:
         index = list(graph.node).index(old)
         graph.node.remove(old)
-        graph.node.insert(index, gelu)
+        graph.node.insert(index, new)
     if swaps:
         _prune(graph)
-    return len(swaps)
 
 
 def _heads(reshape, producer, consts, shapes, transposed: str) -> int | None:
