@@ -17,9 +17,8 @@ unfused graph on this CPU (benchmarks/int8_groups.py prints both variants).
 The tanh GELU of the feed-forwards (``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))``, spelled out by
 the exporter as eight Mul / Add / Tanh nodes over the widest activation of the block) becomes one
 ``FastGelu`` node: one pass over that tensor instead of eight. ONNX Runtime's own FastGelu fusion does
-not match the exporter's operand order. On a 7-block INT8 PixArt-α group (2 threads, AVX2 EPYC) the call
-went from 3.60 to 3.03 s, FP32 from 5.45 to 5.23 s (benchmarks/group_time.py --fusion;
-benchmarks/results/fuse-gelu-epyc.json).
+not match the exporter's operand order. On INT8 PixArt-α groups (2 threads, AVX2 EPYC) it saved 3–10 %
+per call, on FP32 about 4 % (benchmarks/group_time.py --fusion; README, Fused attention).
 
 The fused graph is checked against PyTorch at the export's tolerance like every other graph.
 """
