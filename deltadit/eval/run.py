@@ -94,7 +94,7 @@ def bundle_for(row: Row, preset, root: Path, calib_count: int, keep_fp: tuple[st
     return out
 
 
-def _generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditioner) -> np.ndarray:
+def generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditioner) -> np.ndarray:
     """(len(prompts) * per_class, H, W) images in [0, 1], batched per prompt; image k of a prompt uses
     seed + k, so every row draws from the same noise."""
     from deltadit.runtime.sampling import from_manifest, sample
@@ -114,7 +114,7 @@ def loop_times_ms(bundle, conditioner, repeats: int) -> list[float]:
     times = []
     for r in range(repeats + 1):
         tic = time.perf_counter()
-        _generate_all(bundle, ["a cat"], 1, 10_000 + r, conditioner)
+        generate_all(bundle, ["a cat"], 1, 10_000 + r, conditioner)
         if r:  # the first run warms up the sessions
             times.append((time.perf_counter() - tic) * 1e3)
     return times
@@ -241,7 +241,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     for row in track(rows, "eval rows", enabled=progress, unit="rows"):
         bundle = load(bundle_for(row, preset, bundle_root or out / "bundles", calib_count, keep_fp if row.int8 else ()))
         tic = time.perf_counter()
-        images = _generate_all(bundle, prompts, per_class, seed, conditioner)
+        images = generate_all(bundle, prompts, per_class, seed, conditioner)
         gen_s = time.perf_counter() - tic
         feats, correct = fid.features(images), predict(judge, images).numpy() == labels
         base = base or (images, feats, correct)
