@@ -140,88 +140,93 @@ def _fuse_gelu(model) -> int:
     """Replace each tanh GELU of some x, ``0.5 x (1 + tanh(SQRT_2_OVER_PI (x + GELU_CUBIC x^3)))`` with the
     factors in any order, by ``FastGelu(x)``. Every intermediate must have no other user (else its nodes
     would stay for that user and nothing would be saved). Returns how many were fused."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
-    graph = model.graph
-    producer, consumers, consts = _index(graph)
+    match, swaps = _GeluMatcher(model.graph), []
+    for tanh in [n for n in model.graph.node if n.op_type == "Tanh"]:
+        x = match.gelu_input(tanh)
+        last = match.gelu_output(tanh, x) if x else None
+        if last is not None:
+            swaps.append((last, helper.make_node("FastGelu", [x], [last.output[0]], name=f"{tanh.name or 'gelu'}/FastGelu",
+                                                 domain=MS_DOMAIN)))
+    _swap(model.graph, swaps)
+    return len(swaps)
 
-    def scalar(name: str) -> float | None:
-        t = consts.get(name)
+
+class _GeluMatcher:
+    """The tanh GELU's two halves around its Tanh node, matched on one graph's index."""
+
+    def __init__(self, graph):
+        self.producer, self.consumers, self.consts = _index(graph)
+        self.graph_outputs = {o.name for o in graph.output}
+
+    def scalar(self, name: str) -> float | None:
+        from onnx import numpy_helper
+
+        t = self.consts.get(name)
         value = None if t is None else numpy_helper.to_array(t)
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
-    def near(value: float | None, want: float) -> bool:
+    def near(self, name: str, want: float) -> bool:
+        value = self.scalar(name)
         return value is not None and abs(value - want) <= 1e-5 * abs(want)
 
-    graph_outputs = {o.name for o in graph.output}
-
-    def sole(name: str, op: str | None = None):
+    def sole(self, name: str, op: str | None = None):
         """The one node using name (of type op), or None (also when name is a graph output)."""
-        users = consumers.get(name, [])
-        if name in graph_outputs or len(users) != 1:
+        users = self.consumers.get(name, [])
+        if name in self.graph_outputs or len(users) != 1:
             return None
         return users[0] if op is None or users[0].op_type == op else None
 
-    def by_constant(node, op: str, want: float) -> str | None:
+    def by_constant(self, node, op: str, want: float) -> str | None:
         """node is op(c, y) or op(y, c) with the scalar constant c == want: y, else None."""
         if node is None or node.op_type != op or len(node.input) != 2:
             return None
         a, b = node.input
         for c, y in ((a, b), (b, a)):
-            if near(scalar(c), want) and scalar(y) is None:
+            if self.near(c, want) and self.scalar(y) is None:
                 return y
         return None
 
-    def is_cube(name: str, x: str) -> bool:
+    def is_cube(self, name: str, x: str) -> bool:
         """name is Pow(x, 3), or x * (x * x) in either order, each product used once."""
-        node = producer.get(name)
-        if node is None or sole(name) is None:
+        node = self.producer.get(name)
+        if node is None or self.sole(name) is None:
             return False
         if node.op_type == "Pow":
-            return node.input[0] == x and near(scalar(node.input[1]), 3.0)
+            return node.input[0] == x and self.near(node.input[1], 3.0)
         if node.op_type != "Mul" or x not in node.input:
             return False
-        square = producer.get(node.input[1] if node.input[0] == x else node.input[0])
+        square = self.producer.get(node.input[1] if node.input[0] == x else node.input[0])
         return square is not None and square.op_type == "Mul" and list(square.input) == [x, x] \
-            and sole(square.output[0]) is not None
+            and self.sole(square.output[0]) is not None
 
-    def gelu_input(tanh) -> str | None:
+    def gelu_input(self, tanh) -> str | None:
         """x when tanh's input is SQRT_2_OVER_PI * (x + GELU_CUBIC * x^3), each step used once."""
-        inner = by_constant(producer.get(tanh.input[0]), "Mul", SQRT_2_OVER_PI)
-        add = producer.get(inner) if inner and sole(tanh.input[0]) and sole(inner) else None
+        inner = self.by_constant(self.producer.get(tanh.input[0]), "Mul", SQRT_2_OVER_PI)
+        add = self.producer.get(inner) if inner and self.sole(tanh.input[0]) and self.sole(inner) else None
         if add is None or add.op_type != "Add":
             return None
         a, b = add.input
         for x, cubic in ((a, b), (b, a)):
-            cube = by_constant(producer.get(cubic), "Mul", GELU_CUBIC)
-            if cube and sole(cubic) and is_cube(cube, x):
+            cube = self.by_constant(self.producer.get(cubic), "Mul", GELU_CUBIC)
+            if cube and self.sole(cubic) and self.is_cube(cube, x):
                 return x
         return None
 
-    def gelu_output(tanh, x: str):
+    def gelu_output(self, tanh, x: str):
         """The node whose output is 0.5 * x * (1 + tanh(..)): Mul(Mul(1 + t, x), 0.5) or Mul(1 + t, 0.5 * x)."""
-        one_plus = sole(tanh.output[0], "Add")
-        if one_plus is None or by_constant(one_plus, "Add", 1.0) != tanh.output[0]:
+        one_plus = self.sole(tanh.output[0], "Add")
+        if one_plus is None or self.by_constant(one_plus, "Add", 1.0) != tanh.output[0]:
             return None
-        times = sole(one_plus.output[0], "Mul")
+        times = self.sole(one_plus.output[0], "Mul")
         if times is None or len(times.input) != 2:
             return None
         other = times.input[1] if times.input[0] == one_plus.output[0] else times.input[0]
         if other == x:
-            half = sole(times.output[0], "Mul")
-            return half if by_constant(half, "Mul", 0.5) == times.output[0] else None
-        halved = producer.get(other)
-        return times if sole(other) and by_constant(halved, "Mul", 0.5) == x else None
-
-    swaps = []
-    for tanh in [n for n in graph.node if n.op_type == "Tanh"]:
-        x = gelu_input(tanh)
-        last = gelu_output(tanh, x) if x else None
-        if last is not None:
-            swaps.append((last, helper.make_node("FastGelu", [x], [last.output[0]], name=f"{tanh.name or 'gelu'}/FastGelu",
-                                                 domain=MS_DOMAIN)))
-    _swap(graph, swaps)
-    return len(swaps)
+            half = self.sole(times.output[0], "Mul")
+            return half if self.by_constant(half, "Mul", 0.5) == times.output[0] else None
+        return times if self.sole(other) and self.by_constant(self.producer.get(other), "Mul", 0.5) == x else None
 
 
 def _swap(graph, swaps: list) -> None:
