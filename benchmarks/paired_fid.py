@@ -19,8 +19,8 @@ def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int) -> di
     import numpy as np
 
     from deltadit.eval.classifier import load_classifier, predict
-    from deltadit.eval.data import CLASSES, split
-    from deltadit.eval.run import Fid, generate_all, psnr
+    from deltadit.eval.data import CLASSES
+    from deltadit.eval.run import fid_reference, generate_all, psnr
     from deltadit.eval.stats import paired_delta_interval
     from deltadit.runtime import load
     from deltadit.runtime.conditioning import TextConditioner, components_root
@@ -30,9 +30,8 @@ def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int) -> di
     conditioner = TextConditioner(root, looked, a.manifest.export.text_len)
     prompts, per_class = [f"a {c}" for c in CLASSES], samples // len(CLASSES)
     labels = np.repeat(np.arange(len(CLASSES)), per_class)
-    real, real_labels = split("test")  # deltadit eval's FID reference: up to 100 held-out images per class
-    real = np.concatenate([real[real_labels == c][:100] for c in range(len(CLASSES))])
-    fid, judge = Fid(real.astype(np.float32) / 255), load_classifier()
+    _, fid = fid_reference()  # deltadit eval's: up to 100 held-out images per class
+    judge = load_classifier()
     images = {k: generate_all(x, prompts, per_class, seed, conditioner) for k, x in (("a", a), ("b", b))}
     feats = {k: fid.features(v) for k, v in images.items()}
     correct = {k: predict(judge, v).numpy() == labels for k, v in images.items()}

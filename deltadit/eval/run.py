@@ -174,6 +174,15 @@ class Fid:
         return paired_delta_interval(feats, base_feats, lambda f: frechet_distance(ref["mu"], ref["sigma"], f), rounds, seed)
 
 
+def fid_reference(per_class: int = 100) -> tuple[np.ndarray, "Fid"]:
+    """(the held-out real images FID compares with: up to per_class of each class, uint8; their :class:`Fid`)."""
+    from deltadit.eval.data import CLASSES, split
+
+    real, labels = split("test")
+    real = np.concatenate([real[labels == c][:per_class] for c in range(len(CLASSES))])
+    return real, Fid(real.astype(np.float32) / 255)
+
+
 def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """PSNR (dB) of each image of ``a`` against the same image of ``b`` (images in [0, 1]); identical
     images count as 100 dB."""
@@ -209,7 +218,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     from deltadit.console import track
     from deltadit.costs import plan_costs
     from deltadit.eval.classifier import load_classifier, predict
-    from deltadit.eval.data import CLASSES, split
+    from deltadit.eval.data import CLASSES
     from deltadit.models import get_spec
     from deltadit.runtime import load
     from deltadit.runtime.conditioning import TextConditioner, components_root
@@ -232,9 +241,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     block = spec.block_macs(preset.transformer, preset.text_len, preset.macs_resolution)
     base_macs = plan_costs(rows[0].plan, block, preset.cfg_batch).plan_macs
 
-    real, real_labels = split("test")
-    real = np.concatenate([real[real_labels == c][:reference_per_class] for c in range(len(classes))])
-    fid = Fid(real.astype(np.float32) / 255)
+    real, fid = fid_reference(reference_per_class)
     judge = load_classifier()
     torch.manual_seed(seed)
     results, base = [], None  # base: the baseline row's (images, features, correct)
