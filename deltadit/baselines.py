@@ -65,8 +65,9 @@ def _autocast(dtype: str):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
 
 
-def compiled_plan_executor(model, plan, autocast):
-    """The Δ-DiT runner with every split segment (head, each group, tail) under torch.compile."""
+def compiled_plan_executor(model, plan, autocast, mode: str | None = None):
+    """The Δ-DiT runner with every split segment (head, each group, tail) under torch.compile (``mode``:
+    torch.compile's, e.g. "reduce-overhead" for CUDA graphs)."""
     import torch
 
     from deltadit.runtime import pytorch_executor
@@ -74,26 +75,29 @@ def compiled_plan_executor(model, plan, autocast):
     ex = pytorch_executor(model, plan, autocast=autocast)
     modules = ex.runner.modules
     for name in list(modules):
-        modules[name] = torch.compile(modules[name])
+        modules[name] = torch.compile(modules[name], mode=mode)
     return ex
 
 
-def baselines(model, plan, dtypes: tuple[str, ...] = ("fp32", "bf16"), compile_: bool = False) -> list[Baseline]:
-    """The PyTorch configurations, each dtype eager (± plan) and, with compile_, compiled (± plan).
+def baselines(model, plan, dtypes: tuple[str, ...] = ("fp32", "bf16"), compile_: bool = False,
+              compile_mode: str | None = None) -> list[Baseline]:
+    """The PyTorch configurations, each dtype eager (± plan) and, with compile_, compiled (± plan) in
+    torch.compile's ``compile_mode`` (None: its default; named in the configuration otherwise).
     Compiled executors are built once and shared, so their compilation happens in the warm-up."""
     import torch
 
     from deltadit.runtime import pytorch_executor
 
     out = []
-    compiled_model = torch.compile(model) if compile_ else None
+    compiled_model = torch.compile(model, mode=compile_mode) if compile_ else None
+    compiled = f"torch-compile-{compile_mode}" if compile_mode else "torch-compile"
     for dt in dtypes:
         ac = _autocast(dt)
         out.append(Baseline(f"torch-{dt}", lambda ac=ac: UnmodifiedExecutor(model, plan, ac), False))
         out.append(Baseline(f"torch-{dt}+{plan.variant}", lambda ac=ac: pytorch_executor(model, plan, autocast=ac), True))
         if compile_:
             full = UnmodifiedExecutor(compiled_model, plan, ac)
-            cached = compiled_plan_executor(model, plan, ac)
-            out.append(Baseline(f"torch-compile-{dt}", lambda full=full: full, False))
-            out.append(Baseline(f"torch-compile-{dt}+{plan.variant}", lambda cached=cached: cached, True))
+            cached = compiled_plan_executor(model, plan, ac, compile_mode)
+            out.append(Baseline(f"{compiled}-{dt}", lambda full=full: full, False))
+            out.append(Baseline(f"{compiled}-{dt}+{plan.variant}", lambda cached=cached: cached, True))
     return out

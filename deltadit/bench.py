@@ -112,17 +112,18 @@ def time_paths(executor, feeds, runner=None, sync=lambda: None) -> tuple[dict, d
     return out, inside
 
 
-def time_segments(bundle, feeds) -> dict:
-    """Each segment once on traced inputs (head output feeds the groups and tail)."""
+def time_segments(bundle, feeds, sync=lambda: None) -> dict:
+    """Each segment once on traced inputs (head output feeds the groups and tail); sync: waits for the
+    device's queued work (an asynchronous launch returns before its segment has run)."""
     runner = bundle.runner
-    head = bundle.segments[0]
-    tic = time.perf_counter()
-    out = runner.infer(head.name, feeds)
-    times = {head.name: time.perf_counter() - tic}
-    for seg in bundle.segments[1:]:
+    times, out = {}, feeds
+    for seg in bundle.segments:
+        sync()
         tic = time.perf_counter()
-        runner.infer(seg.name, out)
+        result = runner.infer(seg.name, out)
+        sync()
         times[seg.name] = time.perf_counter() - tic
+        out = result if seg is bundle.segments[0] else out
     return times
 
 
@@ -152,7 +153,7 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
         for _ in range(warmup):
             time_paths(c.executor, c.feeds, sync=sync)
             if c.backend in BUNDLE_BACKENDS:
-                time_segments(c.bundle, c.feeds)
+                time_segments(c.bundle, c.feeds, sync)
     timed_segments = {}
     for c in configs:
         if c.backend in BUNDLE_BACKENDS:
@@ -165,7 +166,7 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
         for k, segs in inside.items():
             c.results["in_step"].setdefault(k, []).append(segs)
         if c is timed_segments.get(id(c.bundle)):  # once per bundle and round
-            for k, v in time_segments(c.bundle, c.feeds).items():
+            for k, v in time_segments(c.bundle, c.feeds, sync).items():
                 c.results["segments"].setdefault(k, []).append(v)
         if loops and c.loops:
             tic = time.perf_counter()
@@ -260,10 +261,12 @@ def peak_rss_mib(args: list[str]) -> float:
 
 
 def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "bf16"), compile_: bool = False,
-                  backends: tuple[str, ...] = ("onnxrt",), torch_loops: bool = True, device: str = "cpu") -> list[Config]:
+                  backends: tuple[str, ...] = ("onnxrt",), torch_loops: bool = True, device: str = "cpu",
+                  gpu_launches: tuple[str, ...] = ("sync",), compile_mode: str | None = None) -> list[Config]:
     """Configurations from bundle paths: each on every backend, uncached and with its plan; PyTorch
     baselines (deltadit.baselines) from the first bundle's source weights (or its random-init seed).
-    device "cuda": bundles on ONNX Runtime's CUDA execution provider, PyTorch on the GPU."""
+    device "cuda": bundles on ONNX Runtime's CUDA execution provider, PyTorch on the GPU, each bundle once
+    per ``gpu_launches`` (the runner's gpu_launch: sync, async, graph)."""
     from deltadit.runtime import load
 
     if device != "cpu" and set(backends) != {"onnxrt"}:
@@ -275,31 +278,25 @@ def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "
             raise DeltaDiTError(f"bench --device | {device}: PyTorch sees no CUDA GPU here. Expected: a CUDA build of "
                                 "torch with a visible GPU (and onnxruntime-gpu), or --device cpu.")
     providers = ["CUDAExecutionProvider"] if device != "cpu" else None
+    if device == "cpu" and tuple(gpu_launches) != ("sync",):
+        raise DeltaDiTError("bench --gpu-launch | needs --device cuda. Expected: --device cuda, or no --gpu-launch.")
+    variants = [(backend, {"gpu_launch": g} if device != "cpu" else {}, f" {g}" if len(gpu_launches) > 1 else "")
+                for backend in backends for g in (gpu_launches if device != "cpu" else ("sync",))]
     configs, first = [], None
     for path in bundles:
-        for backend in backends:
-            b = load(path, providers=providers, backend=backend)
+        for backend, options, suffix in variants:
+            b = load(path, providers=providers, backend=backend, **options)
             first = first or b
-            label = f"{SHORT[backend]} {Path(path).name} ({b.manifest.precision})"
+            label = f"{SHORT[backend]} {Path(path).name} ({b.manifest.precision}){suffix}"
             configs.append(Config(label, b.uncached, backend, False, b, b.plan))
             configs.append(Config(f"{label}+{b.plan.variant}", b.executor, backend, True, b, b.plan))
     if torch_dtypes and first is not None:
         from deltadit.baselines import baselines, torch_model
 
         torch_configs = [Config(t.name, t.factory, "torch", t.cached, first, first.plan, loops=torch_loops)
-                         for t in baselines(torch_model(first).to(device), first.plan, torch_dtypes, compile_)]
+                         for t in baselines(torch_model(first).to(device), first.plan, torch_dtypes, compile_, compile_mode)]
         configs = torch_configs + configs
     return configs
-
-
-def _dtypes(name: str, text: str) -> str:
-    from deltadit.baselines import DTYPES
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if any(n not in DTYPES for n in names):
-        raise DeltaDiTError(f"{name} | {text!r} is not a list of dtypes. Expected: some of {', '.join(DTYPES)}, "
-                            "or '' for no PyTorch baselines.")
-    return ",".join(names)
 
 
 def select_configs(configs: list[Config], patterns: str) -> list[Config]:
@@ -313,19 +310,26 @@ def select_configs(configs: list[Config], patterns: str) -> list[Config]:
     return kept
 
 
-def _backends(name: str, text: str) -> str:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in BUNDLE_BACKENDS]
-    if not names or bad:
-        raise DeltaDiTError(f"{name} | {text!r} is not a list of backends. Expected: some of {', '.join(BUNDLE_BACKENDS)}.")
-    return ",".join(names)
+def _names(kind: str, allowed: tuple[str, ...], empty: str = ""):
+    """A flag check: a comma-separated list of distinct ``allowed`` names (``empty``: what '' means, if allowed)."""
+
+    def check(name: str, text: str) -> str:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if (not names and not empty) or any(n not in allowed for n in names) or len(set(names)) < len(names):
+            raise DeltaDiTError(f"{name} | {text!r} is not a list of {kind}. Expected: some of {', '.join(allowed)}, "
+                                f"each once{', or ' + repr('') + ' for ' + empty if empty else ''}.")
+        return ",".join(names)
+
+    return check
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from deltadit import validate
+    from deltadit.baselines import DTYPES
     from deltadit.cli import ArgumentParser, flag
+    from deltadit.runtime.runners.onnxrt_cuda import GPU_LAUNCHES
 
     p = ArgumentParser(prog="deltadit bench", description="Latency per configuration, side by side.")
     p.add_argument("bundles", nargs="*")
@@ -334,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=flag(validate.integer, "--warmup", 0, validate.MAX_REPEATS, parse=int), default=1,
                    help="untimed rounds first (default 1)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
-    p.add_argument("--torch-dtypes", default="fp32,bf16", type=flag(_dtypes, "--torch-dtypes"),
+    p.add_argument("--torch-dtypes", default="fp32,bf16", type=flag(_names("dtypes", DTYPES, "no PyTorch baselines"), "--torch-dtypes"),
                    help="PyTorch baselines' precisions, comma-separated: fp32, bf16, fp16 (default fp32,bf16)")
     p.add_argument("--compile", action="store_true", help="add torch.compile (inductor) baselines, with and without "
                                                           "the plan (compiled in the warm-up round)")
@@ -346,10 +350,13 @@ def main(argv: list[str] | None = None) -> int:
                         "for the configurations matching these comma-separated patterns")
     p.add_argument("--configs", help="only the configurations whose names match these comma-separated shell patterns, "
                                      "e.g. 'ort *' or 'torch-bf16*,ort int8*' (names as in the report)")
-    p.add_argument("--backends", default="onnxrt", type=flag(_backends, "--backends"),
+    p.add_argument("--backends", default="onnxrt", type=flag(_names("backends", BUNDLE_BACKENDS), "--backends"),
                    help="engines that run each bundle, comma-separated: onnxrt, openvino (default onnxrt)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: bundles on ONNX Runtime's CUDA provider (onnxruntime-gpu), PyTorch on the GPU")
+    p.add_argument("--gpu-launch", type=flag(_names("launches", GPU_LAUNCHES), "--gpu-launch"),
+                   help="with --device cuda: how the ONNX Runtime runner launches segments, comma-separated, each "
+                        "bundle once per launch: sync, async, graph (CUDA graphs); see runtime/runners/onnxrt_cuda.py")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--chart", help="write a PNG bar chart of loop speed-ups here")
     p.add_argument("--_memory-probe", nargs="+", help=argparse.SUPPRESS)
@@ -366,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.bundles:
         raise DeltaDiTError("bench | no bundle given. Expected: deltadit bench BUNDLE [BUNDLE...] (e.g. an FP and an INT8 export).")
     dtypes = () if args.no_torch else tuple(n for n in args.torch_dtypes.split(",") if n)
+    launches = tuple(args.gpu_launch.split(",")) if args.gpu_launch else ("sync",)
     configs = build_configs(args.bundles, dtypes, args.compile, tuple(args.backends.split(",")), not args.torch_per_step,
-                            args.device)
+                            args.device, launches)
     if args.configs:
         configs = select_configs(configs, args.configs)
     first = configs[0].bundle

@@ -180,11 +180,13 @@ def _load_bundle(args):
     """The bundle on the chosen backend (--providers only for ONNX Runtime)."""
     from deltadit.runtime import load
 
-    if args.providers and args.backend != "onnxrt":
-        raise DeltaDiTError(f"--providers | applies to --backend onnxrt, not {args.backend}. Expected: drop --providers.")
+    launch = getattr(args, "gpu_launch", None)
+    for flag_, value in (("--providers", args.providers), ("--gpu-launch", launch)):
+        if value and args.backend != "onnxrt":
+            raise DeltaDiTError(f"{flag_} | applies to --backend onnxrt, not {args.backend}. Expected: drop {flag_}.")
     if args.backend == "openvino":
         return load(args.bundle, backend="openvino")
-    return load(args.bundle, args.providers.split(",") if args.providers else None)
+    return load(args.bundle, args.providers.split(",") if args.providers else None, gpu_launch=launch)
 
 
 def cmd_check(args) -> int:
@@ -282,6 +284,8 @@ def _prompt_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="deltadit", description="Δ-DiT plans, costs and bundles.")
     add_global_args(parser)
+    from deltadit.runtime.runners.onnxrt_cuda import GPU_LAUNCHES
+
     sub = parser.add_subparsers(dest="command", required=True)
     integer, real = validate.integer, validate.real
     p = sub.add_parser("plan", help="print the per-step Δ-DiT plan, its block groups and its MACs")
@@ -317,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
     g.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt",
                    help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra)")
+    g.add_argument("--gpu-launch", choices=GPU_LAUNCHES,
+                   help="with --providers CUDAExecutionProvider: async (the default there: the host never waits), "
+                        "graph (each segment replayed as a CUDA graph; fastest) or sync")
     g.set_defaults(func=cmd_generate)
     # bench has its own parser (deltadit.bench.main): main() hands it every argument this one does not know,
     # --help included.

@@ -129,6 +129,17 @@ def test_bench_on_cuda_runs_bundles_on_onnx_runtime_only(tmp_path):
         bench.main([str(tmp_path), "--device", "cuda", "--backends", "onnxrt,openvino"])
 
 
+def test_bench_gpu_launches_need_the_cuda_device(tmp_path, capsys):
+    from deltadit.errors import DeltaDiTError
+
+    with pytest.raises(DeltaDiTError, match=r"bench --gpu-launch \| needs --device cuda\. Expected: --device cuda"):
+        bench.main([str(tmp_path), "--gpu-launch", "async,graph"])
+    with pytest.raises(SystemExit):
+        bench.main([str(tmp_path), "--gpu-launch", "graph,graph"])
+    assert "--gpu-launch | 'graph,graph' is not a list of launches. Expected: some of sync, async, graph, each once" \
+        in capsys.readouterr().err
+
+
 def test_step_timer_waits_for_the_device():
     """A step's timer stops after the device's queued work: sync runs right before the clock reads."""
     events = []
@@ -141,6 +152,26 @@ def test_step_timer_waits_for_the_device():
 
     bench.time_paths(Executor(), {}, sync=lambda: events.append("sync"))
     assert events == ["sync", "step", "sync"]
+
+
+def test_segment_timer_waits_for_the_device():
+    """Segments timed alone stop their timers after the device's work too: an asynchronous launch returns
+    before its segment has run. The head's outputs feed every later segment."""
+    events = []
+
+    class Runner:
+        def infer(self, name, feeds):
+            events.append((name, sorted(feeds)))
+            return {"h": 1}
+
+    class Seg:
+        def __init__(self, name):
+            self.name = name
+
+    bundle = type("B", (), {"runner": Runner(), "segments": [Seg("head"), Seg("g0"), Seg("tail")]})()
+    times = bench.time_segments(bundle, {"x": 0}, sync=lambda: events.append("sync"))
+    assert list(times) == ["head", "g0", "tail"]
+    assert events == ["sync", ("head", ["x"]), "sync", "sync", ("g0", ["h"]), "sync", "sync", ("tail", ["h"]), "sync"]
 
 
 def test_bench_on_cuda_needs_a_visible_gpu(tmp_path, monkeypatch):

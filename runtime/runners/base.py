@@ -25,7 +25,8 @@ class Runner(ABC):
         self._lifecycle = threading.Lock()  # one activation even when many threads call infer() first
         # When a list: every infer() appends (segment, seconds of the call) -- the profile `deltadit bench`
         # uses to split a step's time into segments and runtime overhead. On asynchronous GPU backends
-        # the seconds are those of the call, not of the device work.
+        # the seconds are those of the device work too: a traced call waits for the device before and after
+        # (_sync), which costs an asynchronous launch its overlap -- whole loops are timed untraced.
         self.trace: list | None = None
 
     # lifecycle -----------------------------------------------------------------------------------
@@ -54,6 +55,9 @@ class Runner(ABC):
     def _deactivate_impl(self) -> None:
         pass
 
+    def _sync(self) -> None:
+        """Wait for this runner's queued device work (nothing to wait for on a synchronous backend)."""
+
     # inference -----------------------------------------------------------------------------------
     def infer(self, segment: str, feeds: dict) -> dict:
         """Run ``segment`` on ``feeds`` (name -> tensor); return its outputs by name."""
@@ -67,8 +71,10 @@ class Runner(ABC):
             raise DeltaDiTError(f"segment {segment} | missing input(s) {', '.join(missing)}. Expected: {', '.join(seg.inputs)}.")
         if self.trace is None:
             return self._infer_impl(seg, {n: feeds[n] for n in seg.inputs})
+        self._sync()
         tic = time.perf_counter()
         out = self._infer_impl(seg, {n: feeds[n] for n in seg.inputs})
+        self._sync()
         self.trace.append((segment, time.perf_counter() - tic))
         return out
 

@@ -20,6 +20,7 @@ from deltadit.manifest import Manifest, SegmentEntry
 from deltadit.memory import trim_heap
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
+from deltadit.runtime.runners.onnxrt_cuda import CudaLaunch, check_launch
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 ARENAS = ("shared", "session", "off")
@@ -42,7 +43,7 @@ class OnnxrtRunner(Runner):
 
     def __init__(self, root: Path, manifest: Manifest | dict, segments: tuple[Segment, ...],
                  providers: list[str] | None = None, io_binding: bool = True, device_id: int = 0,
-                 fused_attention: bool = True, memory_arena: str | None = None):
+                 fused_attention: bool = True, memory_arena: str | None = None, gpu_launch: str | None = None):
         super().__init__(segments)
         self.root = Path(root)
         if isinstance(manifest, dict):  # the exporter checks its graphs before the manifest is written
@@ -65,6 +66,16 @@ class OnnxrtRunner(Runner):
         if memory_arena not in (None, *ARENAS):
             raise DeltaDiTError(f"memory_arena | {memory_arena!r:.40} is unknown. Expected: one of {', '.join(ARENAS)}.")
         self.memory_arena = memory_arena or ("session" if on_gpu else "shared")
+        # How segments are launched on the CUDA provider (see onnxrt_cuda): "sync", "async" or "graph".
+        # Default: async where the CUDA provider comes first (same numbers as sync, the host never waits;
+        # "graph" is faster still but replays one batch), else sync.
+        self.gpu_launch = gpu_launch or ("async" if self.providers[0] == "CUDAExecutionProvider" and io_binding else "sync")
+        self._launch_asked = gpu_launch is not None
+        check_launch(self.gpu_launch, self.providers)
+        if self.gpu_launch != "sync" and not io_binding:
+            raise DeltaDiTError(f"gpu_launch | {self.gpu_launch} needs IO binding. Expected: io_binding=True.")
+        self.opt_batch = manifest.export.opt_batch
+        self.launch: CudaLaunch | None = None
         self.sessions: dict = {}
 
     def _activate_impl(self) -> None:
@@ -79,7 +90,16 @@ class OnnxrtRunner(Runner):
         if self.device != "cpu" and not torch.cuda.is_available():
             # Deltas cannot live on the GPU as torch tensors; fall back to host tensors (copies per segment).
             self.device, self.io_binding = "cpu", False
+        if self.gpu_launch != "sync" and self.device == "cpu" and not self._launch_asked:
+            self.gpu_launch = "sync"  # no CUDA torch: host tensors (above), nothing to launch asynchronously
+        if self.gpu_launch != "sync":
+            if self.device == "cpu":
+                raise DeltaDiTError(f"gpu_launch | {self.gpu_launch} needs a CUDA build of torch that sees the GPU. "
+                                    "Expected: gpu_launch='sync'.")
+            self.launch = CudaLaunch(ort, self.device, self.gpu_launch == "graph", self.opt_batch)
         provider_options = [{"device_id": self.device_id} if p in GPU_PROVIDERS else {} for p in self.providers]
+        if self.launch is not None:
+            provider_options[0].update(self.launch.provider_options())
         self.emulated_int8 = [n for n, e in self.entries.items() if e.precision == "int8" and self._emulate_int8()]
         if self.emulated_int8:
             warnings.warn("ONNX Runtime's int8 kernel on this CPU (x86 without VNNI) saturates on the bundle's 8-bit "
@@ -93,6 +113,8 @@ class OnnxrtRunner(Runner):
             if self.memory_arena == "shared":
                 _register_shared_arena(ort)
                 opts.add_session_config_entry("session.use_env_allocators", "1")
+            if self.gpu_launch == "graph":  # a fixed batch (the exporter's "batch" axis) folds the shape
+                opts.add_free_dimension_override_by_name("batch", self.opt_batch)  # arithmetic: all on the GPU
             if name in self.emulated_int8:
                 opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ stay float ops: exact
             self.sessions[name] = ort.InferenceSession(str(self.root / self.graph_path(entry)), opts,
@@ -112,6 +134,13 @@ class OnnxrtRunner(Runner):
 
     def _deactivate_impl(self) -> None:
         self.sessions.clear()
+        self.launch = None
+
+    def _sync(self) -> None:
+        if self.device != "cpu":
+            import torch
+
+            torch.cuda.synchronize(self.device)
 
     def _check_shapes(self, entry: SegmentEntry, feeds: dict) -> None:
         problems = []
@@ -144,15 +173,22 @@ class OnnxrtRunner(Runner):
             return {o.name: torch.from_numpy(r) for o, r in zip(entry.outputs, results)}
         batch = next(feeds[i.name].shape[0] for i in entry.inputs if i.shape and i.shape[0] == "batch")
         kind, index = ("cuda", self.device_id) if self.device != "cpu" else ("cpu", 0)
+
+        def bind(binding, inputs: dict) -> dict:
+            for name, t in inputs.items():
+                binding.bind_input(name, kind, index, _np_dtype(t.dtype), list(t.shape), t.data_ptr())
+            outputs = {}
+            for o in entry.outputs:
+                shape = o.concrete(batch)
+                out = torch.empty(shape, dtype=getattr(torch, o.dtype), device=self.device)
+                binding.bind_output(o.onnx_name, kind, index, _np_dtype(out.dtype), shape, out.data_ptr())
+                outputs[o.name] = out
+            return outputs
+
+        if self.launch is not None:
+            return self.launch.run(session, segment.name, tensors, bind)
         binding = session.io_binding()
-        for name, t in tensors.items():
-            binding.bind_input(name, kind, index, _np_dtype(t.dtype), list(t.shape), t.data_ptr())
-        outputs = {}
-        for o in entry.outputs:
-            shape = o.concrete(batch)
-            out = torch.empty(shape, dtype=getattr(torch, o.dtype), device=self.device)
-            binding.bind_output(o.onnx_name, kind, index, _np_dtype(out.dtype), shape, out.data_ptr())
-            outputs[o.name] = out
+        outputs = bind(binding, tensors)
         if self.device != "cpu":
             # ONNX Runtime computes on its own CUDA stream: the torch kernels that wrote these inputs (the Δ
             # add-back, say) must have finished. Run returns after its stream is done, so the outputs are ready.
