@@ -251,13 +251,14 @@ def cmd_eval(args) -> int:
     from pathlib import Path
 
     from deltadit.eval.run import evaluate, format_table
+    from deltadit.export.quantize import Int8Options
     from deltadit.presets import load_preset
 
     preset = load_preset(args.model)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     per_class = args.per_class if args.samples is None else args.samples // 10
     report = evaluate(preset, Path(args.out), rows, per_class=per_class, seed=args.seed,
-                      calib_count=args.calib_count, latency_repeats=args.latency_repeats,
+                      int8=Int8Options(count=args.calib_count), latency_repeats=args.latency_repeats,
                       bootstrap_rounds=args.bootstrap_rounds)
     print(format_table(report))
     print(f"wrote {args.out}/results.json, {args.out}/table.md, {args.out}/grids/")

@@ -38,7 +38,8 @@ class Row:
     name: str
     plan: object
     int8: bool
-    calibration: str = "max"  # INT8 rows: the export's --calibration (smoothquant at SMOOTHQUANT_ALPHA)
+    calibration: str = "max"  # INT8 rows: the export's --calibration
+    alpha: float = SMOOTHQUANT_ALPHA  # and its --smoothquant-alpha (with calibration smoothquant)
 
 
 def rows_for(preset, names=ROWS) -> list[Row]:
@@ -66,12 +67,16 @@ def rows_for(preset, names=ROWS) -> list[Row]:
     return [table[n] for n in names]
 
 
-def bundle_for(row: Row, preset, root: Path, calib_count: int, keep_fp: tuple[str, ...] = ()) -> Path:
-    """Export (or reuse) the row's bundle under ``root``; keep_fp: INT8 layers left in FP32 (--int8-keep-fp)."""
+def bundle_for(row: Row, preset, root: Path, int8=None) -> Path:
+    """Export (or reuse) the row's bundle under ``root``. int8: the export's Int8Options for INT8 rows (count,
+    keep_fp, ...; default Int8Options()), with the row's calibration and alpha."""
+    from dataclasses import replace
+
     from deltadit.sources import weights_fingerprint
     from deltadit.export.pipeline import export_bundle
     from deltadit.export.quantize import Int8Options
 
+    options = replace(int8 or Int8Options(), calibration=row.calibration, alpha=row.alpha) if row.int8 else None
     out = root / slug(row.name)
     if (out / "manifest.json").is_file():  # reuse only a bundle of this plan and precision, from the same weights
         from deltadit.bundle import read_bundle
@@ -80,18 +85,23 @@ def bundle_for(row: Row, preset, root: Path, calib_count: int, keep_fp: tuple[st
             m = read_bundle(out)
         except DeltaDiTError:  # an older format or a damaged bundle: export it again
             m = None
-        options = (m.int8 or {}).get("options", {}) if m is not None else {}
         if (m is not None and m.plan == row.plan and m.precision == ("int8" if row.int8 else "fp32")
                 and m.model.weights_sha256 == weights_fingerprint(preset.source)
-                and (not row.int8 or (options.get("keep_fp", []) == list(keep_fp)
-                                      and options.get("calibration", "max") == row.calibration))):
+                and (options is None or _same_int8((m.int8 or {}).get("options", {}), options))):
             return out
     p = preset.with_overrides(steps=row.plan.num_steps, b=row.plan.b, nc=row.plan.n_c, interval=row.plan.interval,
                               variant=row.plan.variant)
     export_bundle(p, row.plan, out, progress=False, build_engines=False, force=True,  # replaces a stale bundle
-                  int8=Int8Options(calibration=row.calibration, alpha=SMOOTHQUANT_ALPHA, count=calib_count,
-                                   keep_fp=tuple(keep_fp)) if row.int8 else None)
+                  int8=options)
     return out
+
+
+def _same_int8(recorded: dict, options) -> bool:
+    """A bundle's recorded INT8 options (its manifest) match ``options`` in what changes the quantized graph's
+    layers and scales: the layers kept in FP32, the calibration and, for SmoothQuant, its alpha."""
+    return (recorded.get("keep_fp", []) == list(options.keep_fp)
+            and recorded.get("calibration", "max") == options.calibration
+            and (options.calibration != "smoothquant" or recorded.get("alpha") == options.alpha))
 
 
 def generate_all(bundle, prompts: list[str], per_class: int, seed: int, conditioner) -> np.ndarray:
@@ -205,14 +215,14 @@ def save_grid(images: np.ndarray, per_class: int, path: Path, columns: int = 8) 
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
-def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, calib_count: int = 4,
+def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, int8=None,
              latency_repeats: int = 5, reference_per_class: int = 100, progress: bool = True,
-             bootstrap_rounds: int = DEFAULT_ROUNDS, extra: list[Row] = (), bundle_root: Path | None = None,
-             keep_fp: tuple[str, ...] = ()) -> dict:
+             bootstrap_rounds: int = DEFAULT_ROUNDS, extra: list[Row] = (), bundle_root: Path | None = None) -> dict:
     """reference_per_class: held-out real images per class for FID (all 100 by default).
     bootstrap_rounds: resamples of the generated images behind each FID / accuracy 95 % interval.
     extra: rows scored after the named ones (e.g. `deltadit tune`'s chosen plans). bundle_root: where the
-    rows' bundles are exported or reused (default out/bundles). keep_fp: layers INT8 rows keep in FP32."""
+    rows' bundles are exported or reused (default out/bundles). int8: the export's Int8Options for the INT8
+    rows (calibration generations, layers kept in FP32, ...; each row sets its calibration), see bundle_for."""
     import torch
 
     from deltadit.console import track
@@ -246,7 +256,7 @@ def evaluate(preset, out: Path, names=ROWS, per_class: int = 20, seed: int = 0, 
     torch.manual_seed(seed)
     results, base = [], None  # base: the baseline row's (images, features, correct)
     for row in track(rows, "eval rows", enabled=progress, unit="rows"):
-        bundle = load(bundle_for(row, preset, bundle_root or out / "bundles", calib_count, keep_fp if row.int8 else ()))
+        bundle = load(bundle_for(row, preset, bundle_root or out / "bundles", int8))
         tic = time.perf_counter()
         images = generate_all(bundle, prompts, per_class, seed, conditioner)
         gen_s = time.perf_counter() - tic

@@ -25,14 +25,14 @@ from deltadit.tune.metrics import full_metrics, read_report
 from deltadit.tune.space import Candidate, Grid, candidates, latency_prune
 
 
-def screen_all(preset, transformer, cands: list[Candidate], samples: int, calib_count: int, progress: bool,
+def screen_all(preset, transformer, cands: list[Candidate], samples: int, int8, progress: bool,
                ranked: dict | None = None):
     """(Results of every candidate, the Screen, the fake-quantized model or None)."""
     from deltadit.console import track
     from deltadit.tune.score import Screen, animal_judge
 
     screen = Screen(preset, transformer, samples, animal_judge(preset))
-    qmodel = fake_quant(preset, transformer, calib_count) if any(c.int8 for c in cands) else None
+    qmodel = fake_quant(preset, transformer, int8) if any(c.int8 for c in cands) else None
     results = []
     for c in track(cands, "screen", enabled=progress, unit="candidates"):
         score, _ = screen.score(c.plan, qmodel if c.int8 else None)
@@ -40,12 +40,11 @@ def screen_all(preset, transformer, cands: list[Candidate], samples: int, calib_
     return results, screen, qmodel
 
 
-def fake_quant(preset, transformer, calib_count: int, keep_fp: tuple[str, ...] = ()):
-    """The transformer fake-quantized as `deltadit-export --int8` would (calibrated on the preset's plan)."""
-    from deltadit.export.quantize import Int8Options
+def fake_quant(preset, transformer, options):
+    """The transformer fake-quantized as `deltadit-export --int8` with these Int8Options would (calibrated on
+    the preset's plan)."""
     from deltadit.tune.int8 import calibration_set, quantize_model
 
-    options = Int8Options(count=calib_count, keep_fp=keep_fp)
     return quantize_model(transformer, preset, preset.plan(), options, calibration_set(preset, options))
 
 
@@ -79,15 +78,15 @@ def steps_report(qmodel, screen, plan) -> dict:
     return {"steps_alone": [e.to_dict() for e in alone], "steps_from": [e.to_dict() for e in tails]}
 
 
-def int8_steps(preset, out: Path, samples: int, calib_count: int) -> dict:
+def int8_steps(preset, out: Path, samples: int, options) -> dict:
     """--int8-steps: steps_report of the export's INT8 recipe on the uncached plan; out/int8-steps.{md,json}."""
     from deltadit.export.load import load_transformer
     from deltadit.tune.score import Screen, _reference_plan
 
     transformer = load_transformer(preset, None, False)
-    qmodel = fake_quant(preset, transformer, calib_count)
+    qmodel = fake_quant(preset, transformer, options)
     screen = Screen(preset, transformer, samples)
-    report = {**steps_report(qmodel, screen, _reference_plan(preset)), "samples": samples, "calib_count": calib_count}
+    report = {**steps_report(qmodel, screen, _reference_plan(preset)), "samples": samples, "calib_count": options.count}
     out.mkdir(parents=True, exist_ok=True)
     (out / "int8-steps.json").write_text(json.dumps(report, indent=2))
     (out / "int8-steps.md").write_text(f"{samples} held-out images, uncached T = {preset.steps}, PSNR to FP32.\n\n"
@@ -114,8 +113,8 @@ def steps_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measure(preset, results: list[Result], picks: list[Result], out: Path, backend: str, calib_count: int,
-            repeats: int, keep_fp: tuple[str, ...], progress: bool) -> list[Result]:
+def measure(preset, results: list[Result], picks: list[Result], out: Path, backend: str, int8, repeats: int,
+            progress: bool) -> list[Result]:
     """``results`` with latency and speed-up filled in for ``picks`` (plus the uncached FP32 reference,
     measured first): each exported (or reused) under out/bundles and timed as a whole loop."""
     from deltadit.console import track
@@ -124,22 +123,22 @@ def measure(preset, results: list[Result], picks: list[Result], out: Path, backe
     todo = [reference] + [p for p in picks if p is not reference]
     timed: dict[int, float] = {}
     for r in track(todo, "measure", enabled=progress, unit="bundles"):
-        timed[id(r)] = loop_seconds(preset, r.candidate, out / "bundles", backend, calib_count, repeats, keep_fp)
+        timed[id(r)] = loop_seconds(preset, r.candidate, out / "bundles", backend, int8, repeats)
     ref_s = timed[id(reference)]
     return [dataclasses.replace(r, latency_s=timed[id(r)], speedup=ref_s / timed[id(r)]) if id(r) in timed else r
             for r in results]
 
 
-def loop_seconds(preset, c: Candidate, root: Path, backend: str, calib_count: int, repeats: int,
-                 keep_fp: tuple[str, ...] = ()) -> float:
-    """Median wall time of one image's denoising loop (CFG batch) of the candidate's bundle on ``backend``."""
+def loop_seconds(preset, c: Candidate, root: Path, backend: str, int8, repeats: int) -> float:
+    """Median wall time of one image's denoising loop (CFG batch) of the candidate's bundle on ``backend``
+    (int8: the Int8Options of INT8 candidates)."""
     from deltadit.eval.run import Row, bundle_for, latency_ms
     from deltadit.runtime import load
     from deltadit.runtime.conditioning import TextConditioner, components_root
     from deltadit.tune.metrics import row_name
 
-    row = Row(row_name(c.name), c.plan, c.int8)
-    path = bundle_for(row, preset, root, calib_count, keep_fp if c.int8 else ())
+    row = Row(row_name(c.name), c.plan, c.int8, int8.calibration, int8.alpha)
+    path = bundle_for(row, preset, root, int8)
     bundle = load(path, backend=backend) if backend != "onnxrt" else load(path)
     root_dir, looked = components_root(preset.source)
     return latency_ms(bundle, TextConditioner(root_dir, looked, preset.text_len), repeats) / 1e3
@@ -158,34 +157,38 @@ def shortlist(results: list[Result], min_psnr_db: float, size: int) -> list[Resu
 
 
 def tune(preset, out: Path, grid: Grid = Grid(), budget: float | None = None, latency_budget: float | None = None,
-         backend: str = "onnxrt", samples: int = 10, size: int = 3, min_psnr_db: float = 30.0, calib_count: int = 4,
-         repeats: int = 3, keep_fp: tuple[str, ...] = (), sensitivity_samples: int = 0,
-         int8_target_psnr_db: float = 35.0, progress: bool = True) -> dict:
+         backend: str = "onnxrt", samples: int = 10, size: int = 3, min_psnr_db: float = 30.0, int8=None,
+         repeats: int = 3, sensitivity_samples: int = 0, int8_target_psnr_db: float = 35.0,
+         progress: bool = True) -> dict:
     """Run the stages (see the module docstring); returns the report written to out/results.json.
-    sensitivity_samples: > 0 (with INT8 candidates) also ranks the INT8 layers (out/int8-sensitivity.md)."""
+    int8: the export's Int8Options for INT8 candidates (calibration, alpha, generations, layers kept in FP32;
+    default Int8Options()). sensitivity_samples: > 0 (with INT8 candidates) also ranks the INT8 layers
+    (out/int8-sensitivity.md)."""
     from deltadit.export.load import load_transformer
+    from deltadit.export.quantize import Int8Options
+
+    int8 = int8 or Int8Options()
 
     tic = time.perf_counter()
     cands = candidates(preset, grid, budget)
     if latency_budget is not None:  # pre-select by the MACs share of the measured reference loop
         reference = next(c for c in cands if "reference" in c.tags and not c.int8)
-        ref_s = loop_seconds(preset, reference, out / "bundles", backend, calib_count, repeats)
+        ref_s = loop_seconds(preset, reference, out / "bundles", backend, int8, repeats)
         # INT8's per-step speed-up over FP32 on ONNX Runtime CPU, as measured in the README (2.07-2.18x); the
         # estimate only pre-selects, every shortlisted candidate is then timed.
         cands = latency_prune(cands, ref_s, latency_budget, int8_speedup=2.0)
     transformer = load_transformer(preset, None, False)
-    results, screen, qmodel = screen_all(preset, transformer, cands, samples, calib_count, progress)
+    results, screen, qmodel = screen_all(preset, transformer, cands, samples, int8, progress)
     if sensitivity_samples and qmodel is not None:
         sens = int8_sensitivity(preset, transformer, qmodel, sensitivity_samples, int8_target_psnr_db, progress)
         out.mkdir(parents=True, exist_ok=True)
         (out / "int8-sensitivity.json").write_text(json.dumps(sens, indent=2))
         (out / "int8-sensitivity.md").write_text(sensitivity_table(sens))
     settings = dict(budget=budget, latency_budget=latency_budget, backend=backend, screen_samples=samples,
-                    seeds=list(screen.seeds), min_psnr_db=min_psnr_db, calib_count=calib_count, latency_repeats=repeats,
-                    keep_fp=list(keep_fp))
+                    seeds=list(screen.seeds), min_psnr_db=min_psnr_db, calib_count=int8.count, latency_repeats=repeats,
+                    keep_fp=list(int8.keep_fp), calibration=int8.calibration, alpha=int8.alpha)
     write_report(preset, out, results, None, settings)  # the screen alone, in case measuring fails
-    results = measure(preset, results, shortlist(results, min_psnr_db, size), out, backend, calib_count, repeats,
-                      keep_fp, progress)
+    results = measure(preset, results, shortlist(results, min_psnr_db, size), out, backend, int8, repeats, progress)
     measured = [r for r in results if r.latency_s is not None]
     if latency_budget is not None:
         measured = [r for r in measured if r.latency_s <= latency_budget]
@@ -204,11 +207,19 @@ def write_report(preset, out: Path, results: list[Result], chosen: Result | None
               "chosen": None if chosen is None else chosen.to_dict()}
     if chosen is not None:
         (out / "plan.json").write_text(chosen.candidate.plan.to_json())
-        flags = " --int8" + (f" --int8-keep-fp {','.join(settings['keep_fp'])}" if settings["keep_fp"] else "") \
-            if chosen.candidate.int8 else ""
+        flags = export_flags(settings) if chosen.candidate.int8 else ""
         report["export_command"] = f"deltadit-export --model {preset.name} --plan {out / 'plan.json'}{flags}"
     (out / "results.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def export_flags(settings: dict) -> str:
+    """The deltadit-export INT8 flags that reproduce a tune's INT8 candidates (its settings)."""
+    calibration = settings.get("calibration", "max")
+    return (" --int8" + (f" --calibration {calibration}" if calibration != "max" else "")
+            + (f" --smoothquant-alpha {settings['alpha']:g}" if calibration == "smoothquant" else "")
+            + (f" --int8-keep-fp {','.join(settings['keep_fp'])}" if settings["keep_fp"] else "")
+            + (f" --calib-count {settings['calib_count']}" if settings.get("calib_count", 4) != 4 else ""))
 
 
 def summary(report: dict, out: Path) -> str:
@@ -238,10 +249,11 @@ def cmd_tune(args) -> int:
     out = Path(args.out)
     if args.int8_steps and not args.int8:
         raise DeltaDiTError("--int8-steps | given without --int8. Expected: --int8 --int8-steps SAMPLES (e.g. 20).")
+    options = int8_options(args)
     if args.int8_calibrations:
         return compare_calibrations(preset, args.int8_calibrations, out, args)
     if args.int8_steps:
-        int8_steps(preset, out, args.int8_steps, args.calib_count)
+        int8_steps(preset, out, args.int8_steps, options)
         print((out / "int8-steps.md").read_text() + f"wrote {out}/int8-steps.md, {out}/int8-steps.json")
         return 0
     if args.metrics_only:
@@ -251,8 +263,7 @@ def cmd_tune(args) -> int:
                                 f"'{preset.name}'. Expected: the same --model as that run.")
     else:
         report = tune(preset, out, grid, args.budget, args.latency_budget, args.backend, args.screen_samples,
-                      args.shortlist, args.min_psnr, args.calib_count, args.latency_repeats,
-                      tuple(g for g in args.int8_keep_fp.split(",") if g), args.int8_sensitivity,
+                      args.shortlist, args.min_psnr, options, args.latency_repeats, args.int8_sensitivity,
                       args.int8_target_psnr, progress=True)
         print(summary(report, out))
     if args.metrics_samples:
@@ -261,6 +272,18 @@ def cmd_tune(args) -> int:
         print(format_table(full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds)))
         print(f"wrote {out}/metrics/results.json, {out}/metrics/table.md, {out}/metrics/grids/")
     return 0
+
+
+def int8_options(args):
+    """The Int8Options of INT8 candidates from the tune flags (as deltadit-export's); bad values refused in one line."""
+    from deltadit.export.quantize import Int8Options
+
+    options = Int8Options(calibration=args.int8_calibration, alpha=args.smoothquant_alpha, count=args.calib_count,
+                          keep_fp=tuple(g.strip() for g in args.int8_keep_fp.split(",") if g.strip()))
+    problems = options.problems()
+    if problems:
+        raise DeltaDiTError(problems[0])
+    return options
 
 
 def compare_calibrations(preset, methods: tuple, out: Path, args) -> int:
@@ -308,6 +331,11 @@ def add_parser(sub) -> None:
     t.add_argument("--int8", action="store_true", help="also search INT8 (fake-quantized screen, INT8 bundles measured)")
     t.add_argument("--int8-keep-fp", default="", metavar="LAYERS", help="Linear layers kept FP32 in INT8 candidates "
                                                                         "(as deltadit-export --int8-keep-fp)")
+    t.add_argument("--int8-calibration", default="max", choices=("max", "smoothquant"),
+                   help="calibration of INT8 candidates, as deltadit-export --calibration (default max; "
+                        "--int8-calibrations compares methods)")
+    t.add_argument("--smoothquant-alpha", type=flag(real, "--smoothquant-alpha", 0.0, 1.0, parse=float), default=0.5,
+                   help="SmoothQuant alpha with --int8-calibration smoothquant, in [0, 1] (default 0.5)")
     t.add_argument("--int8-sensitivity", type=flag(integer, "--int8-sensitivity", 0, 1000, parse=int), default=0,
                    metavar="SAMPLES", help="with --int8: rank every quantized Linear on this many held-out images "
                                            "(one layer at a time) and find the FP32 keep-set (default 0: off)")

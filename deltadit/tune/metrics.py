@@ -24,10 +24,14 @@ def row_name(candidate_name: str) -> str:
 
 
 def same_run(a, b) -> bool:
-    """Two eval rows draw the same images: the same precision and step-for-step the same plan."""
+    """Two eval rows draw the same images: the same precision (and INT8 calibration) and step-for-step the
+    same plan."""
     from deltadit.tune.space import plan_key
 
-    return a.int8 == b.int8 and plan_key(a.plan) == plan_key(b.plan)
+    def int8(r):
+        return (r.calibration, r.alpha if r.calibration == "smoothquant" else None) if r.int8 else None
+
+    return int8(a) == int8(b) and plan_key(a.plan) == plan_key(b.plan)
 
 
 def tuned_rows(report: dict) -> list:
@@ -41,12 +45,21 @@ def tuned_rows(report: dict) -> list:
     composed = min((r for r in measured if r["int8"] and r["psnr_db"] >= target), key=lambda r: r["latency_s"],
                    default=None)
     picks = [r for r in (report.get("chosen"), composed) if r is not None]
+    options = int8_options(report["settings"])
     rows = []
     for r in picks:
-        row = Row(row_name(r["name"]), DeltaPlan.from_dict(r["plan"]), r["int8"])
+        row = Row(row_name(r["name"]), DeltaPlan.from_dict(r["plan"]), r["int8"], options.calibration, options.alpha)
         if all(not same_run(row, o) for o in rows):
             rows.append(row)
     return rows
+
+
+def int8_options(settings: dict):
+    """The Int8Options a tune ran its INT8 candidates with (its settings; older reports: max calibration)."""
+    from deltadit.export.quantize import Int8Options
+
+    return Int8Options(count=settings["calib_count"], keep_fp=tuple(settings.get("keep_fp", ())),
+                       calibration=settings.get("calibration", "max"), alpha=settings.get("alpha", 0.5))
 
 
 def read_report(out: Path) -> dict:
@@ -69,7 +82,6 @@ def full_metrics(preset, report: dict, out: Path, samples: int, rounds: int, pro
     fixed = rows_for(preset, FIXED_ROWS)
     extra = [r for r in tuned_rows(report) if all(not same_run(r, f) for f in fixed)]
     s = report["settings"]
-    return evaluate(preset, Path(out) / "metrics", FIXED_ROWS, per_class=samples // 10,
-                    calib_count=s["calib_count"], latency_repeats=s["latency_repeats"], progress=progress,
-                    bootstrap_rounds=rounds, extra=extra, bundle_root=Path(out) / "bundles",
-                    keep_fp=tuple(s.get("keep_fp", ())))
+    return evaluate(preset, Path(out) / "metrics", FIXED_ROWS, per_class=samples // 10, int8=int8_options(s),
+                    latency_repeats=s["latency_repeats"], progress=progress, bootstrap_rounds=rounds, extra=extra,
+                    bundle_root=Path(out) / "bundles")

@@ -20,10 +20,15 @@ Three ways, the runner's ``gpu_launch``:
 
 Ordering: inputs written on torch's stream are complete before the runner's stream reads them (it waits
 on an event of torch's stream), and torch's stream waits for the runner's before anything reads the
-outputs or reuses the inputs' memory, so torch's caching allocator needs no ``record_stream``.
+outputs or reuses the inputs' memory, so torch's caching allocator needs no ``record_stream``. Under
+``graph`` concurrent callers (a server's threads) take turns per runner for the copy in, the replay and
+the copy out, all ordered on torch's current stream, which threads share unless they set their own
+streams (then they must not share one ``graph`` runner).
 """
 
 from __future__ import annotations
+
+import threading
 
 from deltadit.errors import DeltaDiTError
 
@@ -53,6 +58,7 @@ class CudaLaunch:
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self.static: dict[str, tuple] = {}  # segment -> (binding, static inputs, static outputs)
+        self.lock = threading.Lock()
 
     def provider_options(self) -> dict:
         opts = {"user_compute_stream": str(self.stream.cuda_stream)}
@@ -66,17 +72,19 @@ class CudaLaunch:
         import torch
 
         caller = torch.cuda.current_stream(self.device)
-        if self.graph:
-            binding, outputs = self._static(session, segment, tensors, bind)
-        else:
+        if not self.graph:
             binding = session.io_binding()
             outputs = bind(binding, tensors)
-        self.stream.wait_stream(caller)
-        session.run_with_iobinding(binding, self.run_options)
-        caller.wait_stream(self.stream)
-        if self.graph:  # the next replay of this segment overwrites its static outputs
-            outputs = {k: v.clone() for k, v in outputs.items()}
-        return outputs
+            self.stream.wait_stream(caller)
+            session.run_with_iobinding(binding, self.run_options)
+            caller.wait_stream(self.stream)
+            return outputs
+        with self.lock:  # one caller at a time fills, replays and reads a segment's static buffers
+            binding, outputs = self._static(session, segment, tensors, bind)
+            self.stream.wait_stream(caller)
+            session.run_with_iobinding(binding, self.run_options)
+            caller.wait_stream(self.stream)
+            return {k: v.clone() for k, v in outputs.items()}  # the next replay overwrites the static outputs
 
     def _static(self, session, segment: str, tensors: dict, bind):
         batch = next(iter(tensors.values())).shape[0]

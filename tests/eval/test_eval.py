@@ -14,6 +14,7 @@ from deltadit import runtime
 from deltadit.eval.classifier import load_classifier, predict
 from deltadit.eval.data import CLASSES, split
 from deltadit.eval.run import evaluate, psnr, rows_for
+from deltadit.export.quantize import Int8Options
 from deltadit.presets import load_preset
 
 PRESET = load_preset("animals")
@@ -40,7 +41,7 @@ def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     # 20 bootstrap rounds, not 200: the intervals' statistics are tests/tune/test_eval_ci.py's subject; here each
     # round is one FID (~20 ms at 2048 features), and no assertion below reads an interval.
-    report = evaluate(PRESET, out, ("baseline", "delta-dit", "delta-dit+int8"), per_class=2, calib_count=1,
+    report = evaluate(PRESET, out, ("baseline", "delta-dit", "delta-dit+int8"), per_class=2, int8=Int8Options(count=1),
                       latency_repeats=1, reference_per_class=2, progress=False, bootstrap_rounds=20)
     return report, out
 
@@ -119,13 +120,13 @@ def test_eval_reuses_a_row_bundle_only_for_the_same_weights(small_run, monkeypat
     row, root = run.rows_for(PRESET, ("baseline",))[0], small_run[1] / "bundles"
     out = root / "baseline"
     first = (out / "manifest.json").stat().st_mtime_ns  # exported by the small run
-    assert run.bundle_for(row, PRESET, root, 1) == out  # same plan, precision and weights: reused
+    assert run.bundle_for(row, PRESET, root) == out  # same plan, precision and weights: reused
     assert (out / "manifest.json").stat().st_mtime_ns == first
 
     exported = []
     monkeypatch.setattr("deltadit.export.pipeline.export_bundle", lambda *a, **k: exported.append(a[2]))
     monkeypatch.setattr("deltadit.sources.weights_fingerprint", lambda source: "other weights")
-    run.bundle_for(row, PRESET, root, 1)  # the embedded weights changed since: export again
+    run.bundle_for(row, PRESET, root)  # the embedded weights changed since: export again
     assert exported == [out]
 
 
@@ -138,6 +139,17 @@ def test_eval_reuses_an_int8_row_bundle_only_for_the_same_calibration(small_run,
     row = run.rows_for(PRESET, ("delta-dit+int8",))[0]  # exported by the small run, max-calibrated
     exported = []
     monkeypatch.setattr("deltadit.export.pipeline.export_bundle", lambda *a, **k: exported.append(k["int8"]))
-    assert run.bundle_for(row, PRESET, root, 1) == root / "delta-dit+int8" and exported == []  # reused
-    run.bundle_for(dataclasses.replace(row, calibration="smoothquant"), PRESET, root, 1)
+    assert run.bundle_for(row, PRESET, root, Int8Options(count=1)) == root / "delta-dit+int8" and exported == []  # reused
+    run.bundle_for(dataclasses.replace(row, calibration="smoothquant"), PRESET, root, Int8Options(count=1))
     assert [(o.calibration, o.alpha) for o in exported] == [("smoothquant", run.SMOOTHQUANT_ALPHA)]
+
+
+def test_an_int8_bundle_is_the_same_only_with_the_same_layers_calibration_and_smoothquant_alpha():
+    from deltadit.eval.run import _same_int8
+
+    smooth = {"calibration": "smoothquant", "alpha": 0.5, "keep_fp": [], "count": 4}
+    assert _same_int8(smooth, Int8Options(calibration="smoothquant", alpha=0.5, count=1))  # count: not a graph change
+    assert not _same_int8(smooth, Int8Options(calibration="smoothquant", alpha=0.8))
+    assert not _same_int8(smooth, Int8Options(calibration="smoothquant", alpha=0.5, keep_fp=("transformer_blocks.0.*",)))
+    assert not _same_int8(smooth, Int8Options())
+    assert _same_int8({"calibration": "max", "alpha": 0.9, "keep_fp": []}, Int8Options(alpha=0.5))  # alpha: SmoothQuant's

@@ -67,6 +67,18 @@ def test_the_flag_refuses_a_bad_value_before_any_work_and_needs_int8(capsys, tmp
     assert "--int8-calibrations | given without --int8. Expected: --int8 --int8-calibrations" in capsys.readouterr().err
 
 
+def test_the_search_calibration_flags_refuse_bad_values_before_any_work(capsys, tmp_path):
+    """--int8-calibration / --smoothquant-alpha: the calibration the INT8 candidates of the search use."""
+    from deltadit.cli import main
+
+    for flags, error in ((["--smoothquant-alpha", "1.5"], "error: --smoothquant-alpha | 1.5 is out of range"),
+                         (["--int8-calibration", "minmax"], "argument --int8-calibration: invalid choice: 'minmax'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["tune", "--int8", *flags, "--out", str(tmp_path / "t")])
+        assert exit_info.value.code == 2 and error in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
 def test_score_reads_per_image_psnr_and_the_latent_sqnr():
     reference = torch.zeros(2, 1, 4, 4)
     latents = reference.clone()

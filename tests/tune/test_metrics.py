@@ -46,6 +46,23 @@ def test_tuned_rows_score_a_chosen_int8_candidate_once():
     assert tuned_rows(report([], None)) == []
 
 
+def test_a_smoothquant_tune_scores_its_int8_rows_with_its_calibration(monkeypatch, tmp_path):
+    """A tune run with --int8-calibration smoothquant: its tuned INT8 rows and the bundles' options carry
+    that calibration and alpha; a SmoothQuant row of the plain INT8 plan is not taken for eval's max row."""
+    seen = {}
+    monkeypatch.setattr("deltadit.eval.run.evaluate", lambda *a, **k: seen.update(kwargs=k) or {})
+    int8_row = rows_for(PRESET, ("int8",))[0]
+    same_plan = {**entry(int8_row.plan, True, 31.0, 0.6), "name": "T=20 none int8"}
+    r = report([same_plan], same_plan)
+    r["settings"].update(calibration="smoothquant", alpha=0.7)
+    rows = tuned_rows(r)
+    assert [(x.calibration, x.alpha) for x in rows] == [("smoothquant", 0.7)]
+    full_metrics(PRESET, r, tmp_path, 10, 50, progress=False)
+    assert [x.name for x in seen["kwargs"]["extra"]] == [rows[0].name]  # not deduplicated against max's int8 row
+    options = seen["kwargs"]["int8"]
+    assert (options.calibration, options.alpha, options.count) == ("smoothquant", 0.7, 1)
+
+
 def test_full_metrics_skips_a_tuned_row_that_repeats_a_fixed_row(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr("deltadit.eval.run.evaluate", lambda *a, **k: seen.update(args=a, kwargs=k) or {})

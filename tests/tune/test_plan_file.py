@@ -28,6 +28,25 @@ def tuned_plan_file(tmp_path, plan, int8=False):
     return tmp_path / "tune" / "plan.json"
 
 
+def test_the_export_command_repeats_the_tunes_int8_options(tmp_path):
+    """The printed deltadit-export command reproduces the INT8 candidates: calibration, alpha, keep-set and
+    calibration generations, each a flag deltadit-export knows."""
+    from deltadit.export.cli import build_parser
+    from deltadit.export.cli import int8_options as export_options
+
+    chosen = Result(Candidate(build_plan(12, 12, 0, 0), True, 1, 0.5), Score(35.0, 0.98, None, 0.1), latency_s=1.0,
+                    speedup=1.5)
+    settings = {**SETTINGS, "calibration": "smoothquant", "alpha": 0.7, "keep_fp": ["transformer_blocks.0.ff.net.2"],
+                "calib_count": 2}
+    command = write_report(load_preset("animals"), tmp_path / "tune", [chosen], chosen, settings)["export_command"]
+    flags = command.split("plan.json", 1)[1].split()
+    assert flags == ["--int8", "--calibration", "smoothquant", "--smoothquant-alpha", "0.7", "--int8-keep-fp",
+                     "transformer_blocks.0.ff.net.2", "--calib-count", "2"]
+    options = export_options(build_parser().parse_args(["--model", "animals", *flags]))
+    assert (options.calibration, options.alpha, options.keep_fp, options.count) == (
+        "smoothquant", 0.7, ("transformer_blocks.0.ff.net.2",), 2)
+
+
 @pytest.mark.slow  # one tiny export: seconds alone, ~90 s on the shared 2-core machine
 def test_tuned_plan_round_trips_through_export(tmp_path, capsys):
     # not the tiny preset's own plan (4 steps, delta-dit, N = 2), and cut by --max-group-blocks 2 (extra cuts)
