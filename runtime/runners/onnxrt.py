@@ -69,7 +69,8 @@ class OnnxrtRunner(Runner):
         # How segments are launched on the CUDA provider (see onnxrt_cuda): "sync", "async" or "graph".
         # Default: async where the CUDA provider comes first (same numbers as sync, the host never waits;
         # "graph" is faster still but replays one batch), else sync.
-        self.gpu_launch = gpu_launch or ("async" if self.providers[0] == "CUDAExecutionProvider" and io_binding else "sync")
+        cuda_first = self.providers[0] == "CUDAExecutionProvider"
+        self.gpu_launch = gpu_launch or ("async" if cuda_first and io_binding else "sync")
         self._launch_asked = gpu_launch is not None
         check_launch(self.gpu_launch, self.providers)
         if self.gpu_launch != "sync" and not io_binding:

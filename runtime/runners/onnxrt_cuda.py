@@ -37,11 +37,12 @@ GPU_LAUNCHES = ("sync", "async", "graph")
 
 def check_launch(gpu_launch: str, providers: list[str]) -> None:
     if gpu_launch not in GPU_LAUNCHES:
-        raise DeltaDiTError(f"gpu_launch | {gpu_launch!r:.40} is unknown. Expected: one of {', '.join(GPU_LAUNCHES)}.")
+        raise DeltaDiTError(f"gpu_launch | {gpu_launch!r:.40} is unknown. "
+                            f"Expected: one of {', '.join(GPU_LAUNCHES)}.")
     if gpu_launch != "sync" and providers[0] != "CUDAExecutionProvider":
         raise DeltaDiTError(f"gpu_launch | {gpu_launch} needs CUDAExecutionProvider first among the providers "
-                            f"(got {', '.join(providers)}). Expected: the CUDA provider first (--providers CUDAExecutionProvider) "
-                            "or gpu_launch sync.")
+                            f"(got {', '.join(providers)}). "
+                            "Expected: the CUDA provider first (--providers CUDAExecutionProvider) or gpu_launch sync.")
 
 
 class CudaLaunch:
@@ -90,7 +91,8 @@ class CudaLaunch:
         batch = next(iter(tensors.values())).shape[0]
         if batch != self.batch:
             raise DeltaDiTError(f"segment {segment} | batch {batch} under gpu_launch='graph', which replays the "
-                                f"bundle's export batch {self.batch}. Expected: batch {self.batch}, or gpu_launch='async'.")
+                                f"bundle's export batch {self.batch}. "
+                                f"Expected: batch {self.batch}, or gpu_launch='async'.")
         held = self.static.get(segment)
         if held is None:
             inputs = {n: t.clone() for n, t in tensors.items()}
