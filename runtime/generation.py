@@ -142,6 +142,7 @@ def generate_batch(bundle, items: Sequence[tuple[str | None, int | None, int]], 
     seconds["load+encode"] = time.perf_counter() - tic
 
     executor = bundle.executor() if cache else bundle.uncached()
+    bundle.runner.activate()  # its providers checked (and its device settled) before latents go there
     steps = iter(track(range(bundle.plan.num_steps), "denoise", enabled=progress, unit="steps"))
     tic = time.perf_counter()
     latents = sample(executor, spec, config, from_manifest(manifest), cond, uncond, seeds, guidance_scale=scale,

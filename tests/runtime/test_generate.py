@@ -78,6 +78,20 @@ def test_cli_generate_writes_png(pixart_bundle, tmp_path, capsys):
     assert "wrote" in text and "Δ-DiT plan (delta-dit" in text and "MACs" in text
 
 
+def test_a_gpu_provider_this_onnxruntime_lacks_is_named_before_any_tensor_moves(pixart_bundle, tmp_path, capsys):
+    """--providers CUDAExecutionProvider on a CPU build: the missing provider in one line (not torch's
+    'not compiled with CUDA' from moving the latents to the runner's device first)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    out = tmp_path / "img.png"
+    assert cli.main(["generate", str(pixart_bundle[0]), "--prompt", "a cat", "--out", str(out), "--pipeline",
+                     str(pixart_bundle[1]), "--providers", "CUDAExecutionProvider"]) == 2
+    assert "error: providers | CUDAExecutionProvider not available in this onnxruntime" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_missing_text_encoder_says_where_it_looked(tmp_path):
     folder = save_pipeline_folder(tmp_path / "pipe", build_pixart(), text=False)
     export_bundle(tiny_preset("pixart"), PLAN, tmp_path / "b", weights=str(folder), progress=False)
