@@ -9,7 +9,6 @@ compares two rows directly, e.g. two INT8 calibrations.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -44,16 +43,17 @@ def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int) -> di
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from deltadit.cli import ArgumentParser, _samples, flag
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--samples", type=int, default=200, help="images per bundle, a multiple of the 10 prompts")
+    p.add_argument("--samples", type=flag(_samples, "--samples"), default=200,
+                   help="images per bundle, a multiple of the 10 prompts (as deltadit eval --samples)")
     p.add_argument("--bootstrap-rounds", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="first noise seed (deltadit eval's default: 0)")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
-    if args.samples < 10 or args.samples % 10:
-        p.error(f"--samples | {args.samples} is not a multiple of the 10 class prompts. Expected: e.g. 200.")
     r = paired(args.a, args.b, args.samples, args.bootstrap_rounds, args.seed)
     d, acc = r["fid_delta_b_minus_a"], r["class_accuracy_delta_b_minus_a"]
     print(f"FID A {r['fid']['a']['value']:.2f}, B {r['fid']['b']['value']:.2f}; B - A {d['value']:+.2f} "
@@ -65,4 +65,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from deltadit.errors import DeltaDiTError
+
+    try:
+        sys.exit(main())
+    except DeltaDiTError as e:  # a bad bundle path, say: its one line, no traceback
+        sys.exit(f"error: {e}")
