@@ -281,7 +281,7 @@ def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "
     if device == "cpu" and tuple(gpu_launches) != ("sync",):
         raise DeltaDiTError("bench --gpu-launch | needs --device cuda. Expected: --device cuda, or no --gpu-launch.")
     variants = [(backend, {"gpu_launch": g} if device != "cpu" else {}, f" {g}" if len(gpu_launches) > 1 else "")
-                for backend in backends for g in (gpu_launches if device != "cpu" else ("sync",))]
+                for backend in backends for g in gpu_launches]  # on CPU: ("sync",), checked above
     configs, first = [], None
     for path in bundles:
         for backend, options, suffix in variants:
