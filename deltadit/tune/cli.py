@@ -21,7 +21,7 @@ from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
 from deltadit.tune.pareto import Result, best_within, front, plot, table
-from deltadit.tune.metrics import full_metrics, read_report
+from deltadit.tune.metrics import choice_text, export_command, full_metrics, read_report
 from deltadit.tune.space import Candidate, Grid, candidates, latency_prune
 
 
@@ -145,14 +145,13 @@ def loop_seconds(preset, c: Candidate, root: Path, backend: str, int8, repeats: 
 
 
 def shortlist(results: list[Result], min_psnr_db: float, size: int) -> list[Result]:
-    """The front's (vs MACs) ``size`` cheapest results that reach ``min_psnr_db``, plus the cheapest of each
-    precision that reaches it (so an INT8 and an FP32 answer are both measured)."""
-    ok = [r for r in front(results) if r.score.psnr_db >= min_psnr_db and "reference" not in r.candidate.tags]
-    picks = ok[:size]
+    """For each precision, the ``size`` cheapest results of its own front (PSNR vs MACs) that reach
+    ``min_psnr_db``. One joint front would starve INT8: an INT8 candidate has its FP32 twin's MACs and a
+    lower PSNR, so the twin always dominates it."""
+    picks = []
     for int8 in (False, True):
-        best = best_within([r for r in results if r.candidate.int8 == int8], min_psnr_db)
-        if best is not None and best not in picks:
-            picks.append(best)
+        same = [r for r in results if r.candidate.int8 == int8]
+        picks += [r for r in front(same) if r.score.psnr_db >= min_psnr_db and "reference" not in r.candidate.tags][:size]
     return picks
 
 
@@ -207,19 +206,9 @@ def write_report(preset, out: Path, results: list[Result], chosen: Result | None
               "chosen": None if chosen is None else chosen.to_dict()}
     if chosen is not None:
         (out / "plan.json").write_text(chosen.candidate.plan.to_json())
-        flags = export_flags(settings) if chosen.candidate.int8 else ""
-        report["export_command"] = f"deltadit-export --model {preset.name} --plan {out / 'plan.json'}{flags}"
+        report["export_command"] = export_command(preset, out / "plan.json", chosen.candidate.int8, settings)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def export_flags(settings: dict) -> str:
-    """The deltadit-export INT8 flags that reproduce a tune's INT8 candidates (its settings)."""
-    calibration = settings.get("calibration", "max")
-    return (" --int8" + (f" --calibration {calibration}" if calibration != "max" else "")
-            + (f" --smoothquant-alpha {settings['alpha']:g}" if calibration == "smoothquant" else "")
-            + (f" --int8-keep-fp {','.join(settings['keep_fp'])}" if settings["keep_fp"] else "")
-            + (f" --calib-count {settings['calib_count']}" if settings.get("calib_count", 4) != 4 else ""))
 
 
 def summary(report: dict, out: Path) -> str:
@@ -269,8 +258,10 @@ def cmd_tune(args) -> int:
     if args.metrics_samples:
         from deltadit.eval.run import format_table
 
-        print(format_table(full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds)))
-        print(f"wrote {out}/metrics/results.json, {out}/metrics/table.md, {out}/metrics/grids/")
+        scored = full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds,
+                              targets=(args.max_fid_increase, args.max_accuracy_drop))
+        print(format_table(scored) + "\n" + choice_text(scored["choice"]))
+        print(f"wrote {out}/metrics/: results.json, table.md, grids/, choice.md, choice.json, plan*.json")
     return 0
 
 
@@ -353,7 +344,7 @@ def add_parser(sub) -> None:
     t.add_argument("--screen-samples", type=flag(integer, "--screen-samples", 2, 1000, parse=int), default=10,
                    help="held-out images per candidate in the screen (default 10: one per animal prompt)")
     t.add_argument("--shortlist", type=flag(integer, "--shortlist", 1, 50, parse=int), default=3,
-                   help="front candidates exported and timed (default 3, plus the best of each precision)")
+                   help="front candidates of each precision exported and timed (default 3)")
     t.add_argument("--min-psnr", type=flag(real, "--min-psnr", 0.0, 100.0, parse=float), default=30.0,
                    help="quality target: PSNR (dB) to the uncached reference's images (default 30)")
     t.add_argument("--calib-count", type=flag(integer, "--calib-count", 1, validate.MAX_CALIB_COUNT, parse=int), default=4)
@@ -364,6 +355,11 @@ def add_parser(sub) -> None:
                         "10) for the baseline, fewer steps, Δ-DiT, INT8 and the chosen / composed candidates (eval model)")
     t.add_argument("--bootstrap-rounds", type=flag(integer, "--bootstrap-rounds", 10, 10_000, parse=int), default=200,
                    help="bootstrap resamples behind each interval of --metrics-samples (default 200)")
+    t.add_argument("--max-fid-increase", type=flag(real, "--max-fid-increase", 0.0, 1000.0, parse=float), default=5.0,
+                   metavar="PCT", help="with --metrics-samples: choose the fastest measured candidate whose FID is at most "
+                                       "PCT %% above the baseline's (default 5)")
+    t.add_argument("--max-accuracy-drop", type=flag(real, "--max-accuracy-drop", 0.0, 100.0, parse=float), default=2.0,
+                   metavar="POINTS", help="... and whose class accuracy is at most POINTS lower (default 2)")
     t.add_argument("--metrics-only", action="store_true",
                    help="skip the search: score the finished run in --out (its results.json) with --metrics-samples")
     t.add_argument("--out", type=flag(lambda name, value: str(validate.output_folder(name, value)), "--out"),

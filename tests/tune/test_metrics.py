@@ -10,7 +10,7 @@ from deltadit.errors import DeltaDiTError
 from deltadit.eval.run import Row, evaluate, format_table, rows_for
 from deltadit.plan import build_plan
 from deltadit.presets import load_preset
-from deltadit.tune.metrics import FIXED_ROWS, full_metrics, read_report, row_name, tuned_rows
+from deltadit.tune.metrics import FIXED_ROWS, choose, full_metrics, read_report, row_name, tuned_rows, write_choice
 
 PRESET = load_preset("animals")
 
@@ -29,7 +29,7 @@ def report(results, chosen):
             "results": results, "chosen": chosen}
 
 
-def test_tuned_rows_are_the_chosen_then_the_fastest_int8_that_reaches_the_target():
+def test_tuned_rows_are_the_chosen_then_every_measured_candidate_over_the_target_fastest_first():
     chosen = entry(plan(12), False, 37.0, 1.0)
     slow = entry(plan(16), True, 33.0, 0.9)
     fast = entry(plan(12), True, 31.0, 0.6)
@@ -37,7 +37,63 @@ def test_tuned_rows_are_the_chosen_then_the_fastest_int8_that_reaches_the_target
     unmeasured = entry(plan(10, 9, "shallow", 2), True, 35.0, None)
     reference = entry(plan(20), True, 31.0, 0.3, tags=("reference",))
     rows = tuned_rows(report([chosen, slow, fast, too_poor, unmeasured, reference], chosen))
-    assert [(r.name, r.plan.num_steps, r.int8) for r in rows] == [("T12_none_Nc0", 12, False), ("T12_none_Nc0_int8", 12, True)]
+    assert [(r.name, r.plan.num_steps, r.int8) for r in rows] == [
+        ("T12_none_Nc0", 12, False), ("T12_none_Nc0_int8", 12, True), ("T16_none_Nc0_int8", 16, True)]
+
+
+def scored_row(name, fid, acc, fid_delta=None, acc_delta=None):
+    row = {"row": name, "fid": fid, "class_accuracy": acc}
+    if fid_delta is not None:
+        row["fid_delta_ci"] = {"value": fid_delta, "low": fid_delta - 1, "high": fid_delta + 1}
+        row["class_accuracy_delta_ci"] = {"value": acc_delta, "low": acc_delta - 0.01, "high": acc_delta + 0.01}
+    return row
+
+
+def test_choose_takes_the_fastest_candidate_within_both_targets_and_reads_fixed_rows_by_their_run():
+    """FID +5 % / accuracy -2 points: the fastest row over FID, the next under accuracy; a candidate that is
+    the same run as a fixed row (eval scored it under that name) is judged by that row."""
+    fixed = rows_for(PRESET, FIXED_ROWS)
+    fewer = next(f for f in fixed if f.name.startswith("fewer-steps"))
+    too_far = entry(plan(10), True, 31.0, 0.3)
+    drops = entry(plan(10), False, 33.0, 0.4)
+    ok_int8 = entry(plan(12), True, 31.0, 0.5)
+    ok_fp32 = {**entry(fewer.plan, False, 36.0, 0.55), "name": "T=12 none"}
+    results = [{**r, "speedup": 1.0 / r["latency_s"]} for r in (too_far, drops, ok_int8, ok_fp32)]
+    scored = {"rows": [scored_row("baseline", 100.0, 0.9),
+                       scored_row(fewer.name, 99.0, 0.9, -1.0, 0.0),  # ok_fp32's run
+                       scored_row(row_name(too_far["name"]), 106.0, 0.9, +5.2, 0.0),
+                       scored_row(row_name(drops["name"]), 101.0, 0.87, +1.0, -0.025),
+                       scored_row(row_name(ok_int8["name"]), 104.0, 0.885, +4.9, -0.015)]}
+    choice = choose(report(results, None), scored, fixed, 5.0, 2.0)
+    assert [(r["name"], r["row"], r["meets"]) for r in choice["rows"]] == [
+        (too_far["name"], row_name(too_far["name"]), False), (drops["name"], row_name(drops["name"]), False),
+        (ok_int8["name"], row_name(ok_int8["name"]), True), ("T=12 none", fewer.name, True)]
+    assert choice["chosen"]["name"] == ok_int8["name"] and choice["composed"]["name"] == ok_int8["name"]
+    assert choice["rows"][2]["fid_pct_ci"] == pytest.approx([3.9, 5.9])
+    looser = choose(report(results, None), scored, fixed, 6.0, 3.0)
+    assert looser["chosen"]["name"] == too_far["name"] and looser["composed"]["name"] == too_far["name"]
+    fp32_only = choose(report(results, None), scored, fixed, 4.0, 2.0)
+    assert fp32_only["chosen"]["name"] == "T=12 none" and fp32_only["composed"] is None
+
+
+def test_write_choice_writes_the_plan_files_and_removes_a_stale_one(tmp_path):
+    from deltadit.plan import DeltaPlan
+
+    int8 = {**entry(plan(12), True, 31.0, 0.5), "speedup": 2.0}
+    row = {**int8, "row": "x", "fid_pct": 1.0, "fid_pct_ci": [0.0, 2.0], "accuracy_points": 0.0,
+           "accuracy_points_ci": [-1.0, 1.0], "meets": True}
+    settings = {"calib_count": 4, "keep_fp": [], "calibration": "smoothquant", "alpha": 0.5}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "plan-int8.json").write_text("stale")
+    write_choice(PRESET, tmp_path, {"rows": [row], "chosen": row, "composed": row, "max_fid_increase_pct": 5.0,
+                                    "max_accuracy_drop_points": 2.0}, settings)
+    assert DeltaPlan.from_json((tmp_path / "metrics" / "plan-int8.json").read_text()).num_steps == 12
+    text = (tmp_path / "metrics" / "choice.md").read_text()
+    assert "--plan " + str(tmp_path / "metrics" / "plan-int8.json") + " --int8 --calibration smoothquant" in text
+    write_choice(PRESET, tmp_path, {"rows": [], "chosen": None, "composed": None, "max_fid_increase_pct": 5.0,
+                                    "max_accuracy_drop_points": 2.0}, settings)
+    assert not (tmp_path / "metrics" / "plan.json").exists() and not (tmp_path / "metrics" / "plan-int8.json").exists()
+    assert "chosen (fastest that meets the targets): none" in (tmp_path / "metrics" / "choice.md").read_text()
 
 
 def test_tuned_rows_score_a_chosen_int8_candidate_once():

@@ -30,3 +30,19 @@ def test_table_marks_the_front():
     rs = [result(0.3, 20), result(0.6, 18)]
     rows = [line for line in table(rs, "t").splitlines() if line.startswith("| T=")]
     assert rows[0].endswith("| ● |") and rows[1].endswith("|  |")
+
+
+def test_shortlist_takes_each_precisions_own_front_so_int8_is_measured():
+    """INT8 twins cost the same MACs and score lower: on one joint front they never appear."""
+    import dataclasses
+
+    from deltadit.tune.cli import shortlist
+
+    fp32 = [result(0.3, 24), result(0.5, 31), result(0.6, 36), result(0.8, 38), result(1.0, 99)]
+    reference = dataclasses.replace(fp32[-1], candidate=dataclasses.replace(fp32[-1].candidate, tags=("reference",)))
+    fp32[-1] = reference
+    int8 = [dataclasses.replace(r, candidate=dataclasses.replace(r.candidate, int8=True),
+                                score=dataclasses.replace(r.score, psnr_db=r.score.psnr_db - 4)) for r in fp32[:4]]
+    picks = shortlist(fp32 + int8, 30.0, 2)
+    assert [(r.candidate.int8, r.candidate.macs_ratio) for r in picks] == [(False, 0.5), (False, 0.6), (True, 0.6), (True, 0.8)]
+    assert shortlist(fp32 + int8, 40.0, 2) == []
