@@ -233,6 +233,11 @@ def cmd_tune(args) -> int:
                 int8=(False, True) if args.int8 else (False,))
     if args.budget is not None and args.latency_budget is not None:
         raise DeltaDiTError("--budget | and --latency-budget both given. Expected: one of them.")
+    targets = (5.0 if args.max_fid_increase is None else args.max_fid_increase,
+               2.0 if args.max_accuracy_drop is None else args.max_accuracy_drop)
+    if (args.max_fid_increase, args.max_accuracy_drop) != (None, None) and not args.metrics_samples:
+        raise DeltaDiTError("--max-fid-increase / --max-accuracy-drop | given without --metrics-samples: they judge "
+                            "the full metrics. Expected: --metrics-samples N (e.g. 200) too.")
     if args.metrics_only and not args.metrics_samples:
         raise DeltaDiTError("--metrics-only | given without --metrics-samples. Expected: --metrics-samples N (e.g. 200).")
     out = Path(args.out)
@@ -258,8 +263,7 @@ def cmd_tune(args) -> int:
     if args.metrics_samples:
         from deltadit.eval.run import format_table
 
-        scored = full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds,
-                              targets=(args.max_fid_increase, args.max_accuracy_drop))
+        scored = full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds, targets=targets)
         print(format_table(scored) + "\n" + choice_text(scored["choice"]))
         print(f"wrote {out}/metrics/: results.json, table.md, grids/, choice.md, choice.json, plan*.json")
     return 0
@@ -355,10 +359,10 @@ def add_parser(sub) -> None:
                         "10) for the baseline, fewer steps, Δ-DiT, INT8 and the chosen / composed candidates (eval model)")
     t.add_argument("--bootstrap-rounds", type=flag(integer, "--bootstrap-rounds", 10, 10_000, parse=int), default=200,
                    help="bootstrap resamples behind each interval of --metrics-samples (default 200)")
-    t.add_argument("--max-fid-increase", type=flag(real, "--max-fid-increase", 0.0, 1000.0, parse=float), default=5.0,
+    t.add_argument("--max-fid-increase", type=flag(real, "--max-fid-increase", 0.0, 1000.0, parse=float),
                    metavar="PCT", help="with --metrics-samples: choose the fastest measured candidate whose FID is at most "
                                        "PCT %% above the baseline's (default 5)")
-    t.add_argument("--max-accuracy-drop", type=flag(real, "--max-accuracy-drop", 0.0, 100.0, parse=float), default=2.0,
+    t.add_argument("--max-accuracy-drop", type=flag(real, "--max-accuracy-drop", 0.0, 100.0, parse=float),
                    metavar="POINTS", help="... and whose class accuracy is at most POINTS lower (default 2)")
     t.add_argument("--metrics-only", action="store_true",
                    help="skip the search: score the finished run in --out (its results.json) with --metrics-samples")

@@ -154,6 +154,8 @@ def test_metrics_only_refuses_a_run_of_another_model(tmp_path, capsys):
     assert "is a tune of model 'pixart', not 'animals'" in capsys.readouterr().err
     assert main(["tune", "--metrics-only", "--out", str(tmp_path)]) != 0
     assert "--metrics-only | given without --metrics-samples" in capsys.readouterr().err
+    assert main(["tune", "--max-fid-increase", "3", "--out", str(tmp_path)]) != 0  # would choose nothing: refused
+    assert "--max-fid-increase / --max-accuracy-drop | given without --metrics-samples" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_rows_that_would_share_a_bundle_folder(tmp_path):
