@@ -151,7 +151,8 @@ def choose(report: dict, scored: dict, fixed: list, max_fid_increase: float, max
 
 
 def write_choice(preset, out: Path, choice: dict, settings: dict) -> None:
-    """out/metrics/choice.{md,json}, and plan.json / plan-int8.json of the chosen and composed rows (stale ones removed)."""
+    """out/metrics/choice.{md,json}, and plan.json / plan-int8.json of the chosen and composed rows (a stale
+    one removed)."""
     from deltadit.plan import DeltaPlan
 
     folder = out / "metrics"
@@ -169,16 +170,19 @@ def write_choice(preset, out: Path, choice: dict, settings: dict) -> None:
 def choice_text(choice: dict) -> str:
     """choice.md: every judged candidate against the targets, then the chosen and composed rows."""
     fid, acc = choice["max_fid_increase_pct"], choice["max_accuracy_drop_points"]
-    lines = [f"Measured candidates judged by the full metrics: FID within +{fid:g} % of the baseline's, class accuracy "
-             f"at most {acc:g} points lower (paired differences; 95 % intervals in brackets); fastest first.", "",
-             "| candidate | precision | measured speed-up | ΔFID % | Δ accuracy, points | meets |", "|---|---|---|---|---|---|"]
+    lines = [f"Measured candidates judged by the full metrics: FID within +{fid:g} % of the baseline's, class "
+             f"accuracy at most {acc:g} points lower (paired differences; 95 % intervals in brackets); fastest first.",
+             "", "| candidate | precision | measured speed-up | ΔFID % | Δ accuracy, points | meets |",
+             "|---|---|---|---|---|---|"]
     for r in choice["rows"]:
         lines.append(f"| {r['name']} | {'int8' if r['int8'] else 'fp32'} | {r['speedup']:.2f}x | "
                      f"{r['fid_pct']:+.1f} [{r['fid_pct_ci'][0]:+.1f}, {r['fid_pct_ci'][1]:+.1f}] | "
-                     f"{r['accuracy_points']:+.1f} [{r['accuracy_points_ci'][0]:+.1f}, {r['accuracy_points_ci'][1]:+.1f}] | "
+                     f"{r['accuracy_points']:+.1f} [{r['accuracy_points_ci'][0]:+.1f}, "
+                     f"{r['accuracy_points_ci'][1]:+.1f}] | "
                      f"{'yes' if r['meets'] else 'no'} |")
     lines.append("")
-    for key, what in (("chosen", "chosen (fastest that meets the targets)"), ("composed", "composed (fastest INT8 that meets them)")):
+    for key, what in (("chosen", "chosen (fastest that meets the targets)"),
+                      ("composed", "composed (fastest INT8 that meets them)")):
         row = choice[key]
         lines.append(f"{what}: " + ("none" if row is None else
                                     f"{row['name']}, {row['speedup']:.2f}x; export it: {row['export_command']}"))
