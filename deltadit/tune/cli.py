@@ -5,11 +5,13 @@ Stages, each a function with explicit arguments:
   screen   every candidate on the PyTorch runtime against the uncached FP32 reference, same held-out
            prompts and seeds (deltadit.tune.score); INT8 candidates on a fake-quantized twin calibrated
            along the preset's plan (the export calibrates along each bundle's own plan);
-  measure  the shortlist (the front's cheapest candidates that reach ``min_psnr_db``) exported and timed
+  measure  the shortlist (each precision's front's cheapest candidates that reach ``min_psnr_db``) exported and timed
            as whole loops on the chosen backend (median of ``latency_repeats``), with the uncached FP32
            bundle as the reference;
   report   table.md, pareto.png, results.json, and plan.json (DeltaPlan JSON) of the fastest measured
-           candidate that reaches the target, for `deltadit-export --plan plan.json [--int8]`.
+           candidate that reaches the target, for `deltadit-export --plan plan.json [--int8]`;
+  metrics  (--metrics-samples) FID / class accuracy of every measured candidate and the choice by them
+           (deltadit.tune.metrics): out/metrics/choice.md, plan.json, plan-int8.json.
 """
 
 from __future__ import annotations
@@ -218,7 +220,8 @@ def summary(report: dict, out: Path) -> str:
         lines.append(f"no measured candidate reached {report['settings']['min_psnr_db']} dB PSNR to the reference; "
                      "no plan.json written. Expected: a lower --min-psnr, a larger --budget, or more --shortlist.")
     else:
-        lines.append(f"chosen: {chosen['name']}: {chosen['speedup']:.2f}x measured over the uncached FP32 bundle, "
+        lines.append(f"chosen by the screen's PSNR: {chosen['name']}: {chosen['speedup']:.2f}x measured over the "
+                     f"uncached FP32 bundle, "
                      f"PSNR {chosen['psnr_db']:.1f} dB to it")
         lines.append(f"export it: {report['export_command']}")
     lines.append(f"wrote {out}/table.md, {out}/pareto.png, {out}/results.json" + (", plan.json" if chosen else ""))
@@ -356,7 +359,7 @@ def add_parser(sub) -> None:
                    default=3)
     t.add_argument("--metrics-samples", type=flag(_samples, "--metrics-samples"), default=0, metavar="N",
                    help="then FID / class accuracy with 95%% bootstrap intervals on N images per row (a multiple of "
-                        "10) for the baseline, fewer steps, Δ-DiT, INT8 and the chosen / composed candidates (eval model)")
+                        "10) for the baseline, fewer steps, Δ-DiT, INT8 and every measured candidate, then choose by them")
     t.add_argument("--bootstrap-rounds", type=flag(integer, "--bootstrap-rounds", 10, 10_000, parse=int), default=200,
                    help="bootstrap resamples behind each interval of --metrics-samples (default 200)")
     t.add_argument("--max-fid-increase", type=flag(real, "--max-fid-increase", 0.0, 1000.0, parse=float),
