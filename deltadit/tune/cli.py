@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
 from deltadit.tune.pareto import Result, best_within, front, plot, table
-from deltadit.tune.metrics import choice_text, export_command, full_metrics, read_report
+from deltadit.tune.metrics import TARGETS, choice_text, export_command, full_metrics, read_report
 from deltadit.tune.space import Candidate, Grid, candidates, latency_prune
 
 
@@ -236,8 +236,8 @@ def cmd_tune(args) -> int:
                 int8=(False, True) if args.int8 else (False,))
     if args.budget is not None and args.latency_budget is not None:
         raise DeltaDiTError("--budget | and --latency-budget both given. Expected: one of them.")
-    targets = (5.0 if args.max_fid_increase is None else args.max_fid_increase,
-               2.0 if args.max_accuracy_drop is None else args.max_accuracy_drop)
+    targets = tuple(default if given is None else given
+                    for given, default in zip((args.max_fid_increase, args.max_accuracy_drop), TARGETS))
     if (args.max_fid_increase, args.max_accuracy_drop) != (None, None) and not args.metrics_samples:
         raise DeltaDiTError("--max-fid-increase / --max-accuracy-drop | given without --metrics-samples: they judge "
                             "the full metrics. Expected: --metrics-samples N (e.g. 200) too.")

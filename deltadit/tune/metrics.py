@@ -23,6 +23,7 @@ from pathlib import Path
 from deltadit.errors import DeltaDiTError, read_json
 
 FIXED_ROWS = ("baseline", "fewer-steps", "delta-dit", "int8")
+TARGETS = (5.0, 2.0)  # the choice's defaults: FID at most +5 % over the baseline, accuracy at most 2 points lower
 
 
 def row_name(candidate_name: str) -> str:
@@ -52,7 +53,7 @@ def tuned_rows(report: dict) -> list:
     """The eval Rows of a tune report: its chosen candidate, then every other measured candidate that reaches
     the report's PSNR target, fastest first (a plan and precision once); [] when nothing was measured."""
     rows = []
-    for r in [report["chosen"]] * bool(report.get("chosen")) + measured(report):
+    for r in ([report["chosen"]] if report.get("chosen") else []) + measured(report):
         row = candidate_row(r, report["settings"])
         if all(not same_run(row, o) for o in rows):
             rows.append(row)
@@ -102,7 +103,7 @@ def read_report(out: Path) -> dict:
 
 
 def full_metrics(preset, report: dict, out: Path, samples: int, rounds: int, progress: bool = True,
-                 targets: tuple[float, float] = (5.0, 2.0)) -> dict:
+                 targets: tuple[float, float] = TARGETS) -> dict:
     """Score the fixed rows and the report's tuned rows (see the module docstring) on ``samples`` images each
     (a multiple of the 10 prompts), then choose among them (:func:`choose`, targets = (max FID increase %,
     max accuracy drop in points)); writes out/metrics/{results.json,table.md,grids/,choice.md,plan*.json};
