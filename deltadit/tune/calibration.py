@@ -161,7 +161,9 @@ def preset_latents(preset, transformer, screen, calib_count: int) -> tuple[Calla
 
     def latents_of(m: Method):
         if m.kind == "bundle":
-            return bundle_latents(m.path, screen)
+            from deltadit.runtime import load
+
+            return bundle_latents(load(m.path), screen)
         q = quantize_model(transformer, preset, plan, m.options(base), conds, m.step_range(plan.num_steps))
         return torch_latents(preset, screen, plan, q)
 
@@ -181,12 +183,10 @@ def torch_latents(preset, screen, plan, model):
     return sample(executor, s.spec, s.config, from_preset(preset), screen.cond, screen.uncond, screen.seeds)
 
 
-def bundle_latents(path, screen):
-    """Final latents of ``screen``'s held-out draws on the bundle at ``path`` (ONNX Runtime), its own plan."""
-    from deltadit.runtime import load
+def bundle_latents(b, screen):
+    """Final latents of ``screen``'s held-out draws on the loaded bundle ``b``, with its own plan."""
     from deltadit.runtime.sampling import from_manifest, sample
 
-    b = load(path)
     return sample(b.executor(), b.spec, b.config, from_manifest(b.manifest), screen.cond, screen.uncond, screen.seeds)
 
 

@@ -50,24 +50,31 @@ def fake_quant(preset, transformer, options):
     return quantize_model(transformer, preset, preset.plan(), options, calibration_set(preset, options))
 
 
-def int8_sensitivity(preset, transformer, qmodel, samples: int, target_psnr_db: float, progress: bool) -> dict:
-    """Rank the quantized Linears of ``qmodel`` (each alone quantized, on ``samples`` held-out images of the
-    uncached plan) and keep the most sensitive in FP32 until the INT8 images reach ``target_psnr_db`` to
-    the FP32 ones. Returns {"ranking": [...], "keep": [...], "target_psnr_db": ...}."""
-    from deltadit.tune.int8 import keep_until, sensitivity
+def int8_sensitivity(preset, transformer, qmodel, samples: int, target_psnr_db: float, progress: bool,
+                     on: str = "graph", bundles: Path | None = None, options=None) -> dict:
+    """Rank the quantized Linears (each alone quantized, on ``samples`` held-out images of the uncached plan)
+    and keep the most sensitive in FP32 until the INT8 images reach ``target_psnr_db`` to the FP32 ones.
+    on: "graph" -- the exported INT8 bundle's QDQ ONNX on ONNX Runtime (exported or reused under ``bundles``
+    with the export's Int8Options ``options``); "model" -- the fake-quantized twin ``qmodel``. The steps report
+    is on ``qmodel``. Returns {"ranking": [...], "keep": [...], "target_psnr_db": ...}."""
+    from deltadit.tune.int8 import FakeQuantLayers, keep_until, macs_shares, sensitivity
     from deltadit.tune.score import Screen, _reference_plan
 
     screen = Screen(preset, transformer, samples)  # its reference: the FP32 uncached images
     plan = _reference_plan(preset)
+    if on == "graph":
+        from deltadit.tune.graph import bundle_switches
 
-    def generate(model):
-        return screen.images(plan, model)
-
-    ranking = sensitivity(qmodel, generate, screen.reference, progress)
-    rows = keep_until(qmodel, generate, screen.reference, ranking, target_psnr_db)
+        layers, generate = bundle_switches(preset, transformer, screen, bundles, options)
+        method = "one layer quantized at a time, the exported INT8 bundle's graph on ONNX Runtime, uncached plan"
+    else:
+        layers, generate = FakeQuantLayers(qmodel), lambda: screen.images(plan, qmodel)
+        method = "one layer quantized at a time, fake-quantized PyTorch model, uncached plan"
+    shares = macs_shares(transformer, lambda: screen.images(plan), layers.names)
+    ranking = sensitivity(layers, generate, screen.reference, shares, progress)
+    rows = keep_until(layers, generate, screen.reference, ranking, target_psnr_db)
     return {"ranking": [e.to_dict() for e in ranking], "keep": rows, "target_psnr_db": target_psnr_db,
-            **steps_report(qmodel, screen, plan), "samples": samples,
-            "method": "one layer quantized at a time, fake-quantized PyTorch model, uncached plan"}
+            **steps_report(qmodel, screen, plan), "samples": samples, "method": method}
 
 
 def steps_report(qmodel, screen, plan) -> dict:
@@ -160,11 +167,11 @@ def shortlist(results: list[Result], min_psnr_db: float, size: int) -> list[Resu
 def tune(preset, out: Path, grid: Grid = Grid(), budget: float | None = None, latency_budget: float | None = None,
          backend: str = "onnxrt", samples: int = 10, size: int = 3, min_psnr_db: float = 30.0, int8=None,
          repeats: int = 3, sensitivity_samples: int = 0, int8_target_psnr_db: float = 35.0,
-         progress: bool = True) -> dict:
+         progress: bool = True, sensitivity_on: str = "graph") -> dict:
     """Run the stages (see the module docstring); returns the report written to out/results.json.
     int8: the export's Int8Options for INT8 candidates (calibration, alpha, generations, layers kept in FP32;
     default Int8Options()). sensitivity_samples: > 0 (with INT8 candidates) also ranks the INT8 layers
-    (out/int8-sensitivity.md)."""
+    (out/int8-sensitivity.md), on the exported graph or the fake-quantized model (``sensitivity_on``)."""
     from deltadit.export.load import load_transformer
     from deltadit.export.quantize import Int8Options
 
@@ -181,7 +188,8 @@ def tune(preset, out: Path, grid: Grid = Grid(), budget: float | None = None, la
     transformer = load_transformer(preset, None, False)
     results, screen, qmodel = screen_all(preset, transformer, cands, samples, int8, progress)
     if sensitivity_samples and qmodel is not None:
-        sens = int8_sensitivity(preset, transformer, qmodel, sensitivity_samples, int8_target_psnr_db, progress)
+        sens = int8_sensitivity(preset, transformer, qmodel, sensitivity_samples, int8_target_psnr_db, progress,
+                                sensitivity_on, out / "bundles", int8)
         out.mkdir(parents=True, exist_ok=True)
         (out / "int8-sensitivity.json").write_text(json.dumps(sens, indent=2))
         (out / "int8-sensitivity.md").write_text(sensitivity_table(sens))
@@ -247,6 +255,9 @@ def cmd_tune(args) -> int:
     if args.int8_steps and not args.int8:
         raise DeltaDiTError("--int8-steps | given without --int8. Expected: --int8 --int8-steps SAMPLES (e.g. 20).")
     options = int8_options(args)
+    if args.int8_sensitivity_on and not args.int8_sensitivity:
+        raise DeltaDiTError("--int8-sensitivity-on | given without --int8-sensitivity. Expected: --int8 "
+                            "--int8-sensitivity SAMPLES (e.g. 20) too.")
     if args.int8_calibrations:
         return compare_calibrations(preset, args.int8_calibrations, out, args)
     if args.int8_steps:
@@ -261,7 +272,7 @@ def cmd_tune(args) -> int:
     else:
         report = tune(preset, out, grid, args.budget, args.latency_budget, args.backend, args.screen_samples,
                       args.shortlist, args.min_psnr, options, args.latency_repeats, args.int8_sensitivity,
-                      args.int8_target_psnr, progress=True)
+                      args.int8_target_psnr, progress=True, sensitivity_on=args.int8_sensitivity_on or "graph")
         print(summary(report, out))
     if args.metrics_samples:
         from deltadit.eval.run import format_table
@@ -337,6 +348,9 @@ def add_parser(sub) -> None:
     t.add_argument("--int8-sensitivity", type=flag(integer, "--int8-sensitivity", 0, 1000, parse=int), default=0,
                    metavar="SAMPLES", help="with --int8: rank every quantized Linear on this many held-out images "
                                            "(one layer at a time) and find the FP32 keep-set (default 0: off)")
+    t.add_argument("--int8-sensitivity-on", choices=("graph", "model"),
+                   help="rank on the exported INT8 bundle's graph on ONNX Runtime (default; exported to out/bundles/int8) "
+                        "or on the fake-quantized PyTorch model (model)")
     t.add_argument("--int8-target-psnr", type=flag(real, "--int8-target-psnr", 0.0, 100.0, parse=float), default=35.0,
                    help="keep-set target: PSNR (dB) of the INT8 images to the FP32 ones (default 35)")
     t.add_argument("--int8-calibrations", type=flag(_methods, "--int8-calibrations"), metavar="METHODS",

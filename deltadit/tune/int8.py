@@ -1,9 +1,10 @@
 """INT8 for `deltadit tune`: a fake-quantized twin of the transformer (ModelOpt, the export's own
 recipe and calibration loop), per-layer sensitivity, and the smallest FP32 keep-set that meets a target.
 
-Sensitivity is measured on the fake-quantized PyTorch model (not the exported graph: the export's
-INT8-vs-fake-quant check holds them within ~1e-3), **one layer at a time**: every quantizer off except
-that layer's, one held-out generation, its error against the full-precision images of the same plan.
+Sensitivity is measured **one layer at a time**: every layer in float except that one, one held-out
+generation, its error against the full-precision images of the same plan; on the fake-quantized PyTorch
+model (:class:`FakeQuantLayers`) or on the exported graph (:class:`deltadit.tune.graph.GraphLayers`: the
+bundle's QDQ ONNX on ONNX Runtime, what ships).
 The ranking is the order in which layers are kept in floating point (export: ``--int8-keep-fp``).
 :func:`step_sensitivity` asks the same of the denoising steps: every layer quantized, on one step at a time.
 """
@@ -121,22 +122,41 @@ def linear_macs(model, run: Callable[[], object], layers: dict) -> dict[str, int
     return counts
 
 
-def sensitivity(qmodel, generate: Callable[[object], np.ndarray], reference: np.ndarray,
+class FakeQuantLayers:
+    """Per-layer switches on the fake-quantized twin: ``names`` its quantized Linears; ``set(on)`` leaves
+    exactly those quantized (both quantizers of each) and the others in float. The same interface as
+    :class:`deltadit.tune.graph.GraphLayers` on an exported bundle."""
+
+    def __init__(self, qmodel):
+        self.linears = quantized_linears(qmodel)
+        self.names = list(self.linears)
+
+    def set(self, on: set[str]) -> None:
+        _set(self.linears, on)
+
+
+def macs_shares(transformer, run: Callable[[], object], names: list[str]) -> dict[str, float]:
+    """Each named Linear's share of the named Linears' MACs during ``run()`` on ``transformer``."""
+    modules = dict(transformer.named_modules())
+    macs = linear_macs(transformer, run, {n: modules[n] for n in names})
+    total = max(1, sum(macs.values()))
+    return {n: m / total for n, m in macs.items()}
+
+
+def sensitivity(layers, generate: Callable[[], np.ndarray], reference: np.ndarray, shares: dict[str, float],
                 progress: bool = False) -> list[LayerError]:
-    """Every quantized Linear of ``qmodel`` alone quantized (the others FP), most sensitive first.
-    generate(model) -> held-out images; reference: the same images in full precision."""
+    """Every layer of ``layers`` (:class:`FakeQuantLayers`, or GraphLayers on the exported graph) alone
+    quantized, the others in float, most sensitive first. generate() -> held-out images; reference: the same
+    images in full precision; shares: each layer's share of the MACs (:func:`macs_shares`)."""
     from deltadit.console import track
 
-    layers = quantized_linears(qmodel)
-    macs = linear_macs(qmodel, lambda: generate(qmodel), layers)
-    total = max(1, sum(macs.values()))
     out = []
     try:
-        for name in track(list(layers), "int8 sensitivity", enabled=progress, unit="layers"):
-            _set(layers, {name})
-            out.append(LayerError(name, _psnr(generate(qmodel), reference), macs[name] / total))
+        for name in track(list(layers.names), "int8 sensitivity", enabled=progress, unit="layers"):
+            layers.set({name})
+            out.append(LayerError(name, _psnr(generate(), reference), shares.get(name, 0.0)))
     finally:
-        _set(layers, set(layers))
+        layers.set(set(layers.names))
     return sorted(out, key=lambda e: (e.psnr_db, e.name))
 
 
@@ -178,24 +198,25 @@ def step_sensitivity(qmodel, generate: Callable[..., np.ndarray], reference: np.
     return alone, tails
 
 
-def keep_until(qmodel, generate: Callable[[object], np.ndarray], reference: np.ndarray, ranking: list[LayerError],
+def keep_until(layers, generate: Callable[[], np.ndarray], reference: np.ndarray, ranking: list[LayerError],
                target_psnr_db: float, sizes: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32)) -> list[dict]:
     """Keep the top-k of ``ranking`` in FP (the rest INT8) for k in ``sizes`` until the held-out PSNR to
     the full-precision images reaches ``target_psnr_db``; one row per k tried: {keep, layers, psnr_db,
-    macs_kept}. The last row is the answer (or the largest k tried, when none met the target)."""
-    layers = quantized_linears(qmodel)
+    macs_kept}. The last row is the answer (or the largest k tried, when none met the target).
+    layers: the switches the ranking was measured on (:class:`FakeQuantLayers` or GraphLayers)."""
+    every = set(layers.names)
     rows = []
     try:
         for k in sizes:
             if k > len(ranking):
                 break
             kept = [e.name for e in ranking[:k]]
-            _set(layers, set(layers) - set(kept))
-            value = _psnr(generate(qmodel), reference)
+            layers.set(every - set(kept))
+            value = _psnr(generate(), reference)
             rows.append({"keep": k, "layers": kept, "psnr_db": value,
                          "macs_kept": float(sum(e.macs_share for e in ranking[:k]))})
             if value >= target_psnr_db:
                 break
     finally:
-        _set(layers, set(layers))
+        layers.set(every)
     return rows

@@ -107,20 +107,43 @@ class OnnxrtRunner(Runner):
                           "weights, so its INT8 segments run dequantized in FP32: correct, without the INT8 speed-up. "
                           "Export with --int8-weight-bits 7 (the default on such a CPU) for int8 kernels here.",
                           RuntimeWarning, stacklevel=3)
+        self._provider_options = provider_options
         for name, entry in self.entries.items():
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.enable_cpu_mem_arena = self.memory_arena != "off"
-            if self.memory_arena == "shared":
-                _register_shared_arena(ort)
-                opts.add_session_config_entry("session.use_env_allocators", "1")
-            if self.gpu_launch == "graph":  # a fixed batch (the exporter's "batch" axis) folds the shape
-                opts.add_free_dimension_override_by_name("batch", self.opt_batch)  # arithmetic: all on the GPU
-            if name in self.emulated_int8:
-                opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ stay float ops: exact
-            self.sessions[name] = ort.InferenceSession(str(self.root / self.graph_path(entry)), opts,
-                                                       providers=self.providers, provider_options=provider_options)
-            trim_heap()  # the FP32 weights the session folded into its own (int8) copies leave the RSS
+            self.sessions[name] = self._open(name, str(self.root / self.graph_path(entry)))
+
+    def _open(self, name: str, graph, external_folder: Path | None = None):
+        """An ONNX Runtime session of segment ``name`` on ``graph`` (a path, or serialized ONNX bytes whose
+        external weights lie in ``external_folder``), with this runner's options."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_cpu_mem_arena = self.memory_arena != "off"
+        if self.memory_arena == "shared":
+            _register_shared_arena(ort)
+            opts.add_session_config_entry("session.use_env_allocators", "1")
+        if self.gpu_launch == "graph":  # a fixed batch (the exporter's "batch" axis) folds the shape
+            opts.add_free_dimension_override_by_name("batch", self.opt_batch)  # arithmetic: all on the GPU
+        if name in self.emulated_int8:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ stay float ops: exact
+        if external_folder is not None:
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
+        session = ort.InferenceSession(graph, opts, providers=self.providers, provider_options=self._provider_options)
+        trim_heap()  # the FP32 weights the session folded into its own (int8) copies leave the RSS
+        return session
+
+    def reopen(self, name: str, graph: bytes) -> None:
+        """Run segment ``name`` on another graph of the same interface from now on: serialized ONNX whose
+        external weights are the bundle's own (deltadit tune's sensitivity: the bundle's INT8 graph with some
+        layers' Q/DQ removed). Nothing is written; the bundle's files are read as they are."""
+        if name not in self.sessions:
+            raise DeltaDiTError(f"reopen | segment '{name}' is not open. Expected: one of {', '.join(self.sessions)} "
+                                "(activate the runner first).")
+        if self.launch is not None:
+            raise DeltaDiTError(f"reopen | segment '{name}': a session launched with gpu_launch={self.gpu_launch} "
+                                "keeps its captured state. Expected: gpu_launch='sync'.")
+        folder = (self.root / self.graph_path(self.entries[name])).parent
+        self.sessions[name] = self._open(name, graph, folder)
 
     def _emulate_int8(self) -> bool:
         from deltadit.runtime.cpu import int8_gemm_saturates

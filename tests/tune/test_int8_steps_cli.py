@@ -17,3 +17,9 @@ def test_int8_steps_refuses_a_sample_count_out_of_range(capsys):
         main(["tune", "--int8", "--int8-steps", "0"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --int8-steps | 0 is out of range. Expected: an integer in [1, 1000]."
+
+
+def test_sensitivity_on_needs_a_sensitivity_run(tmp_path, capsys):
+    assert main(["tune", "--int8", "--int8-sensitivity-on", "model", "--out", str(tmp_path / "t")]) != 0
+    assert "--int8-sensitivity-on | given without --int8-sensitivity. Expected:" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
