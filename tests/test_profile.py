@@ -23,3 +23,13 @@ def test_profile_a_bundle_step(tiny_bundle, capsys):
     r = profile_bundle(bundle, repeats=1)
     assert r["by_kind"]["gemm"] > 0 and r["by_op"].get("MultiHeadAttention", 0) > 0  # the fused graphs ran
     assert main([str(bundle), "--repeats", "1"]) == 0 and "| kind |" in capsys.readouterr().out
+
+
+def test_profile_a_bundle_step_on_openvino(tiny_bundle, capsys):
+    pytest.importorskip("openvino")
+    bundle = tiny_bundle("pixart")
+    r = profile_bundle(bundle, repeats=2, backend="openvino")
+    assert r["by_kind"]["gemm"] > 0 and "MultiHeadAttention" not in r["by_op"]  # OpenVINO's own node types
+    assert r["kernels"] and sum(r["kernels"].values()) == pytest.approx(sum(r["by_op"].values()))  # both per step
+    assert main([str(bundle), "--repeats", "1", "--backend", "openvino"]) == 0
+    assert "| node type: kernel |" in capsys.readouterr().out
