@@ -99,7 +99,8 @@ def main() -> int:
     import torch
 
     from deltadit import bench
-    from deltadit.bench_report import format_report, machine
+    from deltadit.bench_report import format_report
+    from deltadit.runtime.cpu import machine
     from deltadit.presets import load_preset
 
     p = argparse.ArgumentParser()

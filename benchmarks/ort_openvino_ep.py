@@ -137,7 +137,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = {str(b): measure(b, args, Path(tmp)) for b in args.bundles}
-    from deltadit.bench_report import machine
+    from deltadit.runtime.cpu import machine
 
     report = {"machine": machine(), "segment": args.segment, "batch": args.batch, "threads": args.threads,
               "rounds": args.rounds, "bundles": result}

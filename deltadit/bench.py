@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deltadit.bench_report import chart, format_report, machine
+from deltadit.bench_report import chart, format_report
+from deltadit.runtime.cpu import machine
 from deltadit.errors import DeltaDiTError
 
 

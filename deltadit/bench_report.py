@@ -1,8 +1,9 @@
-"""The report of `deltadit bench`: the markdown table, the bar chart and the machine it ran on."""
+"""The report of `deltadit bench`: the markdown table and the bar chart."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
 
 
 def format_report(summary: dict) -> str:
@@ -44,22 +45,3 @@ def chart(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def machine() -> dict:
-    """The CPU and the instruction-set flags that decide which kernels run (x86: AVX-512, VNNI, AMX)."""
-    import platform
-
-    info = {"machine": platform.machine(), "cpus": __import__("os").cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["cpu"] = value.strip()
-        elif key.strip() == "flags":
-            info["isa_flags"] = sorted(f for f in value.split() if f.startswith(("avx", "amx", "fma", "f16c")) or "vnni" in f)
-            break
-    return info

@@ -186,7 +186,18 @@ def _load_bundle(args):
             raise DeltaDiTError(f"{flag_} | applies to --backend onnxrt, not {args.backend}. Expected: drop {flag_}.")
     if args.backend == "openvino":
         return load(args.bundle, backend="openvino")
+    if args.backend == "auto":
+        bundle = load(args.bundle, backend="auto")
+        print(choice_line(bundle.choice), file=sys.stderr)
+        return bundle
     return load(args.bundle, args.providers.split(",") if args.providers else None, gpu_launch=launch)
+
+
+def choice_line(record: dict) -> str:
+    """One line on what --backend auto chose and why."""
+    timed = ", ".join(f"{e} {s:.3f} s" for e, s in record["seconds"].items() if s is not None)
+    how = "measured now" if record["measured"] else "as measured before on this machine (cached)"
+    return f"backend auto: {record['backend']}" + (f" (one full step: {timed}; {how})" if timed else " (the only CPU engine installed)")
 
 
 def cmd_check(args) -> int:
@@ -298,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=flag(integer, "--steps", 1, validate.MAX_STEPS, parse=int), default=2,
                    help="how many plan steps to run (default 2: one full, one cached)")
     c.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
-    c.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt",
-                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra)")
+    c.add_argument("--backend", choices=("onnxrt", "openvino", "auto"), default="onnxrt",
+                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
+                        "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
     c.set_defaults(func=cmd_check)
     g = sub.add_parser("generate", help="draw one image with a bundle (prompt for PixArt, class for DiT)")
     g.add_argument("bundle")
@@ -320,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=flag(real, "--guidance-scale", 0, validate.MAX_GUIDANCE),
                    help=f"override the bundle's guidance scale, in [0, {validate.MAX_GUIDANCE:g}] (<= 1: no guidance)")
     g.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
-    g.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt",
-                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra)")
+    g.add_argument("--backend", choices=("onnxrt", "openvino", "auto"), default="onnxrt",
+                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
+                        "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
     g.add_argument("--gpu-launch", choices=GPU_LAUNCHES,
                    help="with --providers CUDAExecutionProvider: async (the default there: the host never waits), "
                         "graph (each segment replayed as a CUDA graph; fastest) or sync")

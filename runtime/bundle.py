@@ -19,7 +19,7 @@ from deltadit.models.spec import ModelSpec, Segment, get_spec
 from deltadit.plan import DeltaPlan, StepAction
 from deltadit.runtime.executor import DeltaDiTExecutor
 
-BACKENDS = ("onnxrt", "openvino", "tensorrt")
+BACKENDS = ("onnxrt", "openvino", "tensorrt", "auto")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Bundle:
     spec: ModelSpec
     segments: tuple[Segment, ...]
     runner: object
+    choice: dict | None = None  # backend="auto": {"backend", "seconds" per engine, "measured"} (runtime/choose.py)
     _components: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -77,23 +78,42 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
     :class:`OpenVinoRunner`) or "tensorrt" (engines from the bundle, or built from its ONNX into a cache on first load; runner_options
     go to :class:`TensorRTRunner`, e.g. cuda_graph=True; for "onnxrt", fused_attention=False opens the
     standard graphs instead of the fused-attention variants, and memory_arena="shared" (CPU default: one
-    ONNX Runtime arena for all segments), "session" (one per segment) or "off"). Every file is verified before use
+    ONNX Runtime arena for all segments), "session" (one per segment) or "off") -- or "auto": the faster installed
+    CPU engine for this bundle on this machine, measured once and cached (:mod:`deltadit.runtime.choose`; the
+    record in ``Bundle.choice``). Every file is verified before use
     (:func:`deltadit.bundle.read_bundle`); raises DeltaDiTError naming what is wrong."""
     if backend not in BACKENDS:
         raise DeltaDiTError(f"backend | '{backend}' is unknown. Expected: one of {', '.join(BACKENDS)}.")
     root = Path(bundle)
     manifest = read_bundle(root)
     segments = segments_of(manifest)
+    spec = get_spec(manifest.model.arch)
+
+    def on(engine: str) -> Bundle:
+        runner = _runner(engine, root, manifest, segments, providers, io_binding, runner_options)
+        return Bundle(root, manifest, manifest.plan, spec, segments, runner)
+
+    if backend != "auto":
+        return on(backend)
+    if providers or runner_options:
+        raise DeltaDiTError("backend | 'auto' chooses among the CPU engines with their defaults. Expected: no providers "
+                            "or engine options with it (name the backend to pass them).")
+    from deltadit.runtime.choose import choose
+
+    bundle, record = choose(root, on)
+    bundle.choice = record
+    return bundle
+
+
+def _runner(backend: str, root: Path, manifest: Manifest, segments, providers, io_binding: bool, runner_options: dict):
     if backend == "onnxrt":
         from deltadit.runtime.runners.onnxrt import OnnxrtRunner
 
-        runner = OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding, **runner_options)
-    elif backend == "openvino":
+        return OnnxrtRunner(root, manifest, segments, providers, io_binding=io_binding, **runner_options)
+    if backend == "openvino":
         from deltadit.runtime.runners.openvino import OpenVinoRunner
 
-        runner = OpenVinoRunner(root, manifest, segments, **runner_options)
-    else:
-        from deltadit.runtime.runners.tensorrt import TensorRTRunner
+        return OpenVinoRunner(root, manifest, segments, **runner_options)
+    from deltadit.runtime.runners.tensorrt import TensorRTRunner
 
-        runner = TensorRTRunner(root, manifest, segments, **runner_options)
-    return Bundle(root, manifest, manifest.plan, get_spec(manifest.model.arch), segments, runner)
+    return TensorRTRunner(root, manifest, segments, **runner_options)

@@ -1,4 +1,4 @@
-"""What this CPU can do for ONNX Runtime's INT8 kernels.
+"""What this CPU is (:func:`machine`: model and ISA flags) and what it can do for ONNX Runtime's INT8 kernels.
 
 ONNX Runtime runs a quantized MatMul on x86 as u8 x s8 multiply-adds. Without a VNNI dot-product
 instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8), its AVX2 kernel adds pairs of u8 x s8 products in 16-bit
@@ -44,3 +44,22 @@ def int8_gemm_saturates() -> bool:
 def default_weight_bits() -> int:
     """8-bit weights where this CPU's int8 kernels are exact, else 7 (see the module docstring)."""
     return 7 if int8_gemm_saturates() else 8
+
+
+def machine() -> dict:
+    """The CPU and the instruction-set flags that decide which kernels run (x86: AVX-512, VNNI, AMX)."""
+    import os
+
+    info = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["cpu"] = value.strip()
+        elif key.strip() == "flags":
+            info["isa_flags"] = sorted(f for f in value.split() if f.startswith(("avx", "amx", "fma", "f16c")) or "vnni" in f)
+            break
+    return info
