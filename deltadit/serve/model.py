@@ -103,12 +103,13 @@ def _prompt(value) -> str:
 class ServedModel:
     """A loaded bundle that answers lists of requests (what Triton's dynamic batcher delivers)."""
 
-    def __init__(self, bundle_dir: str | Path, max_images: int | None = None, providers: list[str] | None = None):
+    def __init__(self, bundle_dir: str | Path, max_images: int | None = None, providers: list[str] | None = None,
+                 backend: str = "onnxrt"):
         from deltadit.runtime import load
         from deltadit.runtime.generation import load_components
         from deltadit.runtime.generation import max_images as bundle_max
 
-        self.bundle = load(bundle_dir, providers)
+        self.bundle = load(bundle_dir, providers, backend=backend)
         load_components(self.bundle)  # text encoder / decoder now, not in the first request
         limit = bundle_max(self.bundle.manifest)
         self.max_images = limit if max_images is None else validate.integer("--max-batch", max_images, 1, limit)

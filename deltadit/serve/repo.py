@@ -23,6 +23,8 @@ from deltadit.errors import DeltaDiTError, raise_if
 MAX_QUEUE = 100_000
 MAX_INSTANCES = 64
 
+SERVE_BACKENDS = ("onnxrt", "openvino", "auto")
+
 
 @dataclass(frozen=True)
 class RepoOptions:
@@ -33,6 +35,8 @@ class RepoOptions:
     running batch; more are rejected at once ("Exceeds maximum queue size") instead of piling up.
     delay_us: how long the batcher waits for more requests to fill a batch. instances: model copies
     (each runs its own batches; on CPU they share the cores). providers: ONNX Runtime providers.
+    backend: the engine each instance loads the bundle on (onnxrt, openvino, or auto: the faster CPU
+    engine for the bundle on the serving machine, measured at the first load and cached there).
     """
 
     max_batch: int | None = None
@@ -40,9 +44,14 @@ class RepoOptions:
     delay_us: int = 5_000
     instances: int = 1
     providers: str = ""
+    backend: str = "onnxrt"
 
     def check(self) -> RepoOptions:
         problems = []
+        if self.backend not in SERVE_BACKENDS:
+            problems.append(f"--backend | '{self.backend}' is unknown. Expected: one of {', '.join(SERVE_BACKENDS)}.")
+        elif self.providers and self.backend != "onnxrt":
+            problems.append(f"--providers | applies to --backend onnxrt, not {self.backend}. Expected: drop --providers.")
         for name, value, lo, hi in (("--queue", self.queue, 1, MAX_QUEUE), ("--batch-delay-us", self.delay_us, 0, 10**7),
                                     ("--instances", self.instances, 1, MAX_INSTANCES)):
             try:
@@ -110,7 +119,7 @@ def config_text(name: str, folder: Path, manifest, options: RepoOptions) -> str:
         "--max-batch", options.max_batch, 1, limit, f" (the bundle's max_batch {manifest.export.max_batch} over its "
         f"CFG batch {manifest.export.opt_batch}; re-export with a larger --max-batch for more)")
     inputs, outputs = tensors(manifest)
-    params = {"bundle": str(folder), "max_images": str(batch), "providers": options.providers}
+    params = {"bundle": str(folder), "max_images": str(batch), "providers": options.providers, "backend": options.backend}
     lines = [MARKER, f'name: "{name}"', 'backend: "python"', f"max_batch_size: {batch}",
              "dynamic_batching {", f"  max_queue_delay_microseconds: {options.delay_us}",
              f"  default_queue_policy {{ max_queue_size: {options.queue} timeout_action: REJECT }}", "}",

@@ -18,7 +18,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         providers = params.get("providers") or None
-        self.model = ServedModel(params["bundle"], int(params["max_images"]), providers and providers.split(","))
+        self.model = ServedModel(params["bundle"], int(params["max_images"]), providers and providers.split(","),
+                                 params.get("backend") or "onnxrt")
         self.inputs = [i["name"] for i in config["input"]]
 
     def execute(self, requests):

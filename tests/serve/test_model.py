@@ -78,7 +78,30 @@ def test_triton_repo_writes_a_valid_model_config(animals_bundle, tmp_path):
                                                             ("cache", True)]
     assert list(config.output[1].dims) == [1, 28, 28]  # latents of the 28-pixel, 1-channel animals model
     assert config.parameters["bundle"].string_value == str(animals_bundle.resolve())
+    assert config.parameters["backend"].string_value == "onnxrt"
     assert (tmp_path / "animals-s4" / "1" / "model.py").read_text().startswith('"""Triton Python-backend model')
+    assert cli.main(["triton-repo", str(animals_bundle), str(tmp_path / "ov"), "--backend", "openvino"]) == 0
+    assert 'key: "backend" value: { string_value: "openvino" }' in (tmp_path / "ov" / "animals-s4" / "config.pbtxt").read_text()
+
+
+@pytest.mark.slow
+def test_triton_repo_refuses_providers_for_another_engine(animals_bundle, tmp_path, capsys):
+    assert cli.main(["triton-repo", str(animals_bundle), str(tmp_path / "r"), "--backend", "openvino",
+                     "--providers", "CUDAExecutionProvider"]) != 0
+    assert "--providers | applies to --backend onnxrt, not openvino. Expected: drop --providers." in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_served_on_openvino_equals_generate_on_openvino(animals_bundle):
+    pytest.importorskip("openvino")
+    from deltadit import runtime
+
+    model = ServedModel(animals_bundle, backend="openvino")
+    assert model.bundle.runner.name == "openvino"
+    answer = model.run([request(b"a zebra", 3)])[0]
+    alone = runtime.generate(runtime.load(animals_bundle, backend="openvino"), prompt="a zebra", seed=3)
+    np.testing.assert_array_equal(answer[0].latents, alone.latents[0].numpy())
 
 
 @pytest.mark.slow
