@@ -30,13 +30,18 @@ from deltadit.runtime.cpu import machine
 from deltadit.errors import DeltaDiTError
 
 
-BUNDLE_BACKENDS = ("onnxrt", "openvino")
-SHORT = {"torch": "torch", "onnxrt": "ort", "openvino": "ov"}  # configuration-name prefixes
+BUNDLE_BACKENDS = ("onnxrt", "openvino", "openvino-bf16")  # openvino-bf16: OpenVINO, inference precision bf16
+SHORT = {"torch": "torch", "onnxrt": "ort", "openvino": "ov", "openvino-bf16": "ov-bf16"}  # configuration-name prefixes
 
 
 def probe_kind(c) -> str:
     """The memory probe's name for a configuration (one fresh process per kind)."""
-    return SHORT[c.backend] + ("-cached" if c.cached else "") + ("-bf16" if "bf16" in c.name else "")
+    return SHORT[c.backend] + ("-cached" if c.cached else "") + ("-bf16" if c.backend == "torch" and "bf16" in c.name else "")
+
+
+def _engine(backend: str) -> tuple[str, dict]:
+    """(the runtime backend, its options) of a bench backend name."""
+    return ("openvino", {"precision": "bf16"}) if backend == "openvino-bf16" else (backend, {})
 
 
 @dataclass
@@ -286,7 +291,8 @@ def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "
     configs, first = [], None
     for path in bundles:
         for backend, options, suffix in variants:
-            b = load(path, providers=providers, backend=backend, **options)
+            engine, engine_options = _engine(backend)
+            b = load(path, providers=providers, backend=engine, **options, **engine_options)
             first = first or b
             label = f"{SHORT[backend]} {Path(path).name} ({b.manifest.precision}){suffix}"
             configs.append(Config(label, b.uncached, backend, False, b, b.plan))
@@ -352,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", help="only the configurations whose names match these comma-separated shell patterns, "
                                      "e.g. 'ort *' or 'torch-bf16*,ort int8*' (names as in the report)")
     p.add_argument("--backends", default="onnxrt", type=flag(_names("backends", BUNDLE_BACKENDS), "--backends"),
-                   help="engines that run each bundle, comma-separated: onnxrt, openvino (default onnxrt)")
+                   help="engines that run each bundle, comma-separated: onnxrt, openvino, openvino-bf16 (OpenVINO "
+                        "with bf16 inference precision for what is not INT8) (default onnxrt)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: bundles on ONNX Runtime's CUDA provider (onnxruntime-gpu), PyTorch on the GPU")
     p.add_argument("--gpu-launch", type=flag(_names("launches", GPU_LAUNCHES), "--gpu-launch"),
@@ -364,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args._memory_probe:
         bundle_path, kind = args._memory_probe[0], args._memory_probe[1]
-        backend = "openvino" if kind.startswith("ov") else "onnxrt"
+        backend = {s: b for b, s in SHORT.items()}.get(kind.replace("-cached", ""), "onnxrt")
         dtypes = ("fp32", "bf16") if kind.startswith("torch") else ()  # bundle probes load no torch model
         configs = build_configs([bundle_path], dtypes, False, (backend,))
         c = {probe_kind(c): c for c in configs}[kind]

@@ -111,12 +111,15 @@ def test_bench_runs_every_bundle_on_each_backend_side_by_side(tiny_bundle, tmp_p
     monkeypatch.setenv("DELTADIT_CACHE", str(tmp_path / "cache"))
     fp = tiny_bundle("pixart", name="fp", build_engines=False)
     out = tmp_path / "bench.json"
-    assert bench.main([str(fp), "--no-torch", "--repeats", "1", "--backends", "onnxrt,openvino",
-                       "--memory", "ov *+delta-dit", "--json", str(out)]) == 0
+    assert bench.main([str(fp), "--no-torch", "--repeats", "1", "--backends", "onnxrt,openvino,openvino-bf16",
+                       "--memory", "ov *+delta-dit,ov-bf16 *+delta-dit", "--json", str(out)]) == 0
     s = json.loads(out.read_text())["configs"]
-    assert list(s) == ["ort fp (fp32)", "ort fp (fp32)+delta-dit", "ov fp (fp32)", "ov fp (fp32)+delta-dit"]
+    assert list(s) == ["ort fp (fp32)", "ort fp (fp32)+delta-dit", "ov fp (fp32)", "ov fp (fp32)+delta-dit",
+                       "ov-bf16 fp (fp32)", "ov-bf16 fp (fp32)+delta-dit"]
     assert s["ov fp (fp32)+delta-dit"]["speedup_vs_uncached_same_backend"] > 0
-    assert "overhead_vs_segments" in s["ov fp (fp32)+delta-dit"] and s["ov fp (fp32)+delta-dit"]["peak_rss_mib"] > 50
+    for name in ("ov fp (fp32)+delta-dit", "ov-bf16 fp (fp32)+delta-dit"):  # each probe loads its own engine setting
+        assert "overhead_vs_segments" in s[name] and s[name]["peak_rss_mib"] > 50
+    assert sorted(p.name for p in (tmp_path / "cache" / "openvino").iterdir()) == ["bf16", "f32"]
     with pytest.raises(SystemExit) as stop:
         bench.main([str(fp), "--backends", "tensorrtx"])
     assert stop.value.code == 2 and "--backends | 'tensorrtx' is not a list of backends" in capsys.readouterr().err

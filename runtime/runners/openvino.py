@@ -4,8 +4,10 @@ OpenVINO reads the (QDQ) ONNX files as they are, so a bundle needs nothing new. 
 once on activate; each call makes its own infer request, so concurrent generations on one bundle do not
 share request state. FP32 segments run in f32 unless the caller asks for bf16 (``precision="bf16"``,
 OpenVINO's default on AMX CPUs, about 4e-4 relative error); INT8 QDQ segments run as OpenVINO's int8.
-Compiled blobs go to OpenVINO's model cache in ``$DELTADIT_CACHE/openvino`` (default
-``~/.cache/deltadit/openvino``), never into the bundle; OpenVINO keys them by graph and device.
+Compiled blobs go to OpenVINO's model cache in ``$DELTADIT_CACHE/openvino/<precision>`` (default
+``~/.cache/deltadit/openvino/f32``), never into the bundle; OpenVINO keys them by graph and device. One
+folder per precision: OpenVINO 2026.4 crashes (segmentation fault in infer) when one process compiles the
+same INT8 graph in f32 and then in bf16 against a shared cache folder; separate folders avoid it.
 The fused-attention graphs (``com.microsoft`` ops, ONNX Runtime only) are not used here.
 """
 
@@ -47,9 +49,9 @@ class OpenVinoRunner(Runner):
         if self.device_name not in core.available_devices:
             raise DeltaDiTError(f"openvino device | '{self.device_name}' is not available (has "
                                 f"{', '.join(core.available_devices)}). Expected: one of those.")
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision,
-                  "CACHE_DIR": str(self.cache_dir)}
+        cache = self.cache_dir / self.precision
+        cache.mkdir(parents=True, exist_ok=True)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision, "CACHE_DIR": str(cache)}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         for name, entry in self.entries.items():
