@@ -4,7 +4,7 @@ resampled with the same indices). `deltadit eval` gives each row's difference to
 compares two rows directly, e.g. two INT8 calibrations.
 
     PYTHONPATH=. .venv/bin/python benchmarks/paired_fid.py A_BUNDLE B_BUNDLE --samples 200 \
-        --json benchmarks/results/eval-animals-200/smoothquant-vs-max.json
+        --json benchmarks/results/eval-animals-200/smoothquant-vs-max.json [--b-engine openvino-bf16]
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 
 
-def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int) -> dict:
+ENGINES = {"onnxrt": ("onnxrt", {}), "openvino": ("openvino", {}), "openvino-bf16": ("openvino", {"precision": "bf16"})}
+
+
+def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int, b_engine: str = "onnxrt") -> dict:
     import numpy as np
 
     from deltadit.eval.classifier import load_classifier, predict
@@ -24,7 +27,8 @@ def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int) -> di
     from deltadit.runtime import load
     from deltadit.runtime.conditioning import TextConditioner, components_root
 
-    a, b = load(a_path), load(b_path)
+    backend, options = ENGINES[b_engine]
+    a, b = load(a_path), load(b_path, backend=backend, **options)
     root, looked = components_root(a.manifest.model.source)
     conditioner = TextConditioner(root, looked, a.manifest.export.text_len)
     prompts, per_class = [f"a {c}" for c in CLASSES], samples // len(CLASSES)
@@ -34,7 +38,7 @@ def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int) -> di
     images = {k: generate_all(x, prompts, per_class, seed, conditioner) for k, x in (("a", a), ("b", b))}
     feats = {k: fid.features(v) for k, v in images.items()}
     correct = {k: predict(judge, v).numpy() == labels for k, v in images.items()}
-    return {"a": a_path, "b": b_path, "samples": len(labels), "seed": seed, "bootstrap_rounds": rounds,
+    return {"a": a_path, "b": b_path, "b_engine": b_engine, "samples": len(labels), "seed": seed, "bootstrap_rounds": rounds,
             "fid": {k: fid.interval(f, rounds, seed).to_dict() for k, f in feats.items()},
             "fid_delta_b_minus_a": fid.delta(feats["b"], feats["a"], rounds, seed).to_dict(),
             "class_accuracy_delta_b_minus_a": paired_delta_interval(correct["b"], correct["a"], np.mean, rounds,
@@ -52,9 +56,11 @@ def main() -> int:
                    help="images per bundle, a multiple of the 10 prompts (as deltadit eval --samples)")
     p.add_argument("--bootstrap-rounds", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="first noise seed (deltadit eval's default: 0)")
+    p.add_argument("--b-engine", choices=tuple(ENGINES), default="onnxrt",
+                   help="engine that runs B (A runs on ONNX Runtime); openvino-bf16: OpenVINO in bf16 inference precision")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
-    r = paired(args.a, args.b, args.samples, args.bootstrap_rounds, args.seed)
+    r = paired(args.a, args.b, args.samples, args.bootstrap_rounds, args.seed, args.b_engine)
     d, acc = r["fid_delta_b_minus_a"], r["class_accuracy_delta_b_minus_a"]
     print(f"FID A {r['fid']['a']['value']:.2f}, B {r['fid']['b']['value']:.2f}; B - A {d['value']:+.2f} "
           f"[{d['low']:+.2f}, {d['high']:+.2f}]; accuracy B - A {100 * acc['value']:+.1f} "
