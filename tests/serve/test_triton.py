@@ -148,17 +148,20 @@ def test_overload_is_rejected_by_the_bounded_queue(served, bundle):
 def test_sigterm_finishes_requests_in_flight(animals_bundle, tmp_path):
     server = ServeProcess(animals_bundle, tmp_path / "serve.log", "--max-batch", "2", "--queue", "64").wait_ready()
     try:
-        done = {}
+        done, first = {}, threading.Event()
 
         def call(s):
             result = infer(server, "a bear", s, grpc)
             done[s] = time.monotonic()
+            first.set()
             return result
 
+        # 32 requests in batches of 2; SIGTERM as soon as the first is answered (a fixed sleep let a fast
+        # machine answer all of 8 before it), so the rest are queued or running when it arrives.
         results = [None]
-        thread = threading.Thread(target=lambda: results.__setitem__(0, concurrently([lambda s=s: call(s) for s in range(8)])))
+        thread = threading.Thread(target=lambda: results.__setitem__(0, concurrently([lambda s=s: call(s) for s in range(32)])))
         thread.start()
-        time.sleep(1.0)  # requests are queued or running
+        assert first.wait(120), "no request was answered"
         stopped_at = time.monotonic()
         code = server.stop()
         thread.join()
