@@ -16,8 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-SETTINGS = {"ort": ("onnxrt", {}), "ov f32": ("openvino", {"precision": "f32"}),
-            "ov bf16": ("openvino", {"precision": "bf16"})}
+from deltadit.bench import engine
+
+SETTINGS = {"ort": engine("onnxrt"), "ov f32": engine("openvino"), "ov bf16": engine("openvino-bf16")}  # label: (backend, options)
 
 
 def animals(root: Path) -> dict:
@@ -44,15 +45,11 @@ def animals(root: Path) -> dict:
 
 
 def pixart(root: Path) -> dict:
-    import torch
-
     from deltadit.export.quantize import sqnr
     from deltadit.runtime import load
 
     def step(b):
-        ex = b.manifest.export
-        feeds = b.spec.example_inputs(b.config, ex.opt_batch, ex.text_len, ex.latent_side, torch.Generator().manual_seed(0))
-        return b.uncached().step(0, feeds)["sample"]
+        return b.uncached().step(0, b.example_feeds())["sample"]
 
     reference = step(load(root / "fp32"))
     out = {}

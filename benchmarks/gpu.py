@@ -57,7 +57,7 @@ def working(configs, device: str) -> list:
     """The configurations that run: each compiled PyTorch baseline's step paths and each bundle's segments
     under a non-default GPU launch, once (compiling / capturing them). One that fails (a CUDA graph ONNX
     Runtime or torch.compile cannot capture, say) is reported and left out; the others still run."""
-    from deltadit.bench import step_feeds, time_paths, time_segments
+    from deltadit.bench import time_paths, time_segments
 
     broken = set()
     for c in configs:
@@ -67,9 +67,9 @@ def working(configs, device: str) -> list:
         key = c.name if runner is None else id(c.bundle)
         try:
             if runner is None:
-                time_paths(c.executor_factory(), step_feeds(c.bundle, device))
+                time_paths(c.executor_factory(), c.bundle.example_feeds(device))
             elif key not in broken:
-                time_segments(c.bundle, step_feeds(c.bundle, device))
+                time_segments(c.bundle, c.bundle.example_feeds(device))
         except Exception as e:  # noqa: BLE001 - report it and go on with the others
             print(f"{c.name}: left out, it failed: {type(e).__name__}: {str(e)[:400]}", flush=True)
             broken.add(key)

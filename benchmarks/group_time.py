@@ -63,9 +63,8 @@ def head_output(bundle) -> dict:
     """The head segment's outputs for the bench's step inputs, as contiguous numpy arrays."""
     import numpy as np
 
-    from deltadit.bench import step_feeds
 
-    out = bundle.runner.infer(bundle.segments[0].name, step_feeds(bundle))
+    out = bundle.runner.infer(bundle.segments[0].name, bundle.example_feeds())
     return {k: np.ascontiguousarray(v.numpy()) for k, v in out.items()}
 
 

@@ -14,9 +14,6 @@ import sys
 from pathlib import Path
 
 
-ENGINES = {"onnxrt": ("onnxrt", {}), "openvino": ("openvino", {}), "openvino-bf16": ("openvino", {"precision": "bf16"})}
-
-
 def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int, b_engine: str = "onnxrt") -> dict:
     import numpy as np
 
@@ -27,7 +24,9 @@ def paired(a_path: str, b_path: str, samples: int, rounds: int, seed: int, b_eng
     from deltadit.runtime import load
     from deltadit.runtime.conditioning import TextConditioner, components_root
 
-    backend, options = ENGINES[b_engine]
+    from deltadit.bench import engine
+
+    backend, options = engine(b_engine)
     a, b = load(a_path), load(b_path, backend=backend, **options)
     root, looked = components_root(a.manifest.model.source)
     conditioner = TextConditioner(root, looked, a.manifest.export.text_len)
@@ -56,7 +55,9 @@ def main() -> int:
                    help="images per bundle, a multiple of the 10 prompts (as deltadit eval --samples)")
     p.add_argument("--bootstrap-rounds", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="first noise seed (deltadit eval's default: 0)")
-    p.add_argument("--b-engine", choices=tuple(ENGINES), default="onnxrt",
+    from deltadit.bench import BUNDLE_BACKENDS
+
+    p.add_argument("--b-engine", choices=BUNDLE_BACKENDS, default="onnxrt",
                    help="engine that runs B (A runs on ONNX Runtime); openvino-bf16: OpenVINO in bf16 inference precision")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()

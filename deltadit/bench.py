@@ -39,8 +39,8 @@ def probe_kind(c) -> str:
     return SHORT[c.backend] + ("-cached" if c.cached else "") + ("-bf16" if c.backend == "torch" and "bf16" in c.name else "")
 
 
-def _engine(backend: str) -> tuple[str, dict]:
-    """(the runtime backend, its options) of a bench backend name."""
+def engine(backend: str) -> tuple[str, dict]:
+    """(the runtime backend, its options) of a bench backend name (BUNDLE_BACKENDS)."""
     return ("openvino", {"precision": "bf16"}) if backend == "openvino-bf16" else (backend, {})
 
 
@@ -77,14 +77,6 @@ def run_loop(executor, bundle, seed: int = 0, device: str = "cpu"):
     x = sample(executor, bundle.spec, bundle.config, from_manifest(bundle.manifest), cond, uncond, seed, device=device)
     synchronizer(device)()
     return x
-
-
-def step_feeds(bundle, device: str = "cpu"):
-    import torch
-
-    ex = bundle.manifest.export
-    feeds = bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side, torch.Generator().manual_seed(0))
-    return {k: v.to(device) for k, v in feeds.items()}
 
 
 def path_steps(plan) -> dict:
@@ -154,7 +146,7 @@ def bench(configs: list[Config], repeats: int, warmup: int, loops: bool = True, 
     for c in configs:
         c.results = {"loop": [], "paths": {}, "segments": {}, "in_step": {}}
         c.executor = c.executor_factory()
-        c.feeds = step_feeds(c.bundle, device)
+        c.feeds = c.bundle.example_feeds(device)
     for c in configs:  # warm-up (sessions, allocators, autocast caches)
         for _ in range(warmup):
             time_paths(c.executor, c.feeds, sync=sync)
@@ -291,8 +283,8 @@ def build_configs(bundles: list[str], torch_dtypes: tuple[str, ...] = ("fp32", "
     configs, first = [], None
     for path in bundles:
         for backend, options, suffix in variants:
-            engine, engine_options = _engine(backend)
-            b = load(path, providers=providers, backend=engine, **options, **engine_options)
+            runtime_backend, engine_options = engine(backend)
+            b = load(path, providers=providers, backend=runtime_backend, **options, **engine_options)
             first = first or b
             label = f"{SHORT[backend]} {Path(path).name} ({b.manifest.precision}){suffix}"
             configs.append(Config(label, b.uncached, backend, False, b, b.plan))

@@ -182,8 +182,9 @@ def _load_bundle(args):
 
     launch = getattr(args, "gpu_launch", None)
     for flag_, value in (("--providers", args.providers), ("--gpu-launch", launch)):
-        if value and args.backend != "onnxrt":
-            raise DeltaDiTError(f"{flag_} | applies to --backend onnxrt, not {args.backend}. Expected: drop {flag_}.")
+        problem = validate.onnxrt_only(flag_, value, args.backend)
+        if problem:
+            raise DeltaDiTError(problem)
     if args.backend == "openvino":
         return load(args.bundle, backend="openvino")
     if args.backend == "auto":
@@ -210,12 +211,10 @@ def cmd_check(args) -> int:
 
     tic = time.perf_counter()
     bundle = _load_bundle(args)
-    ex = bundle.manifest.export
     print(f"bundle {args.bundle}: files and hashes OK ({time.perf_counter() - tic:.1f} s); "
           f"{bundle.manifest.model.preset}, {len(bundle.segments)} segments"
           + ("  [RANDOM-INIT WEIGHTS]" if bundle.manifest.model.random_init else ""))
-    feeds = bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side,
-                                       torch.Generator().manual_seed(0))
+    feeds = bundle.example_feeds()
     tic = time.perf_counter()
     bundle.runner.activate()
     print(f"  sessions created in {time.perf_counter() - tic:.1f} s")
@@ -309,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=flag(integer, "--steps", 1, validate.MAX_STEPS, parse=int), default=2,
                    help="how many plan steps to run (default 2: one full, one cached)")
     c.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
-    c.add_argument("--backend", choices=("onnxrt", "openvino", "auto"), default="onnxrt",
+    c.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
                    help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
                         "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
     c.set_defaults(func=cmd_check)
@@ -332,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=flag(real, "--guidance-scale", 0, validate.MAX_GUIDANCE),
                    help=f"override the bundle's guidance scale, in [0, {validate.MAX_GUIDANCE:g}] (<= 1: no guidance)")
     g.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
-    g.add_argument("--backend", choices=("onnxrt", "openvino", "auto"), default="onnxrt",
+    g.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
                    help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
                         "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
     g.add_argument("--gpu-launch", choices=GPU_LAUNCHES,

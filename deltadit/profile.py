@@ -50,19 +50,20 @@ def aggregate(events: list[dict]) -> dict:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             op = e.get("args", {}).get("op_name", "?")
             by_op[op] = by_op.get(op, 0.0) + float(e.get("dur", 0))
-    by_kind: dict[str, float] = {}
+    return {"by_kind": by_kind(by_op), "by_op": by_op}
+
+
+def by_kind(by_op: dict[str, float]) -> dict[str, float]:
+    """{kind: microseconds} of {op type: microseconds} (either engine's op types; unknown ones: "other")."""
+    kinds: dict[str, float] = {}
     for op, us in by_op.items():
-        by_kind[KIND_OF.get(op, "other")] = by_kind.get(KIND_OF.get(op, "other"), 0.0) + us
-    return {"by_kind": by_kind, "by_op": by_op}
+        kinds[KIND_OF.get(op, "other")] = kinds.get(KIND_OF.get(op, "other"), 0.0) + us
+    return kinds
 
 
 def captured_inputs(bundle) -> dict:
     """{segment: its inputs} of one full step of ``bundle`` on example inputs (run on the bundle's runner)."""
-    import torch
-
-    ex = bundle.manifest.export
-    feeds = bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side,
-                                       torch.Generator().manual_seed(0))
+    feeds = bundle.example_feeds()
     executor = bundle.uncached()
     executor.step(0, feeds)  # warm-up on the runner's own sessions; traces the segments' inputs below
     captured = {}
@@ -130,9 +131,7 @@ def _profile_openvino(bundle, seg, inputs: dict, repeats: int, total: dict) -> N
     import openvino as ov
 
     runner = bundle.runner
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": runner.precision, "PERF_COUNT": True}
-    if runner.threads:
-        config["INFERENCE_NUM_THREADS"] = int(runner.threads)
+    config = {**runner.compile_config(), "PERF_COUNT": True}
     model = ov.Core().compile_model(str(bundle.root / seg.graph), runner.device_name, config)
     request = model.create_infer_request()
     arrays = _arrays(seg, inputs, {name for port in model.inputs for name in port.get_names()})
@@ -146,10 +145,7 @@ def _profile_openvino(bundle, seg, inputs: dict, repeats: int, total: dict) -> N
                 by_op[node.node_type] = by_op.get(node.node_type, 0.0) + us
                 total["kernels"][f"{node.node_type}: {node.exec_type}"] = \
                     total["kernels"].get(f"{node.node_type}: {node.exec_type}", 0.0) + us / repeats
-    by_kind: dict[str, float] = {}
-    for op, us in by_op.items():
-        by_kind[KIND_OF.get(op, "other")] = by_kind.get(KIND_OF.get(op, "other"), 0.0) + us
-    _add(total, {"by_kind": by_kind, "by_op": by_op}, repeats)
+    _add(total, {"by_kind": by_kind(by_op), "by_op": by_op}, repeats)
 
 
 def format_profile(result: dict) -> str:

@@ -29,6 +29,7 @@ MAX_GUIDANCE = 100.0        # classifier-free guidance scale
 MAX_REPEATS = 1000          # timing rounds / repeats of a benchmark
 MAX_CLASSES = 100_000       # class labels of a class-conditional model (ImageNet DiT: 1000)
 
+CPU_BACKENDS = ("onnxrt", "openvino", "auto")  # --backend of generate / check / serve (auto: runtime/choose.py)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -99,6 +100,13 @@ def output_folder(name: str, value) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DeltaDiTError(f"{name} | folder '{existing}' is not writable. Expected: a path you can write to.")
     return Path(value)
+
+
+def onnxrt_only(flag: str, value, backend: str) -> str | None:
+    """The one-line problem of an ONNX Runtime option (``flag`` = ``value``) given with another --backend."""
+    if value and backend != "onnxrt":
+        return f"{flag} | applies to --backend onnxrt, not {backend}. Expected: drop {flag}."
+    return None
 
 
 def _range(lo, hi) -> str:

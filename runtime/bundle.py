@@ -43,6 +43,16 @@ class Bundle:
         generation: it holds that generation's deltas."""
         return DeltaDiTExecutor(plan or self.plan, self.segments, self.runner)
 
+    def example_feeds(self, device: str = "cpu") -> dict:
+        """Seeded example inputs of one step (the head's feeds at the bundle's CFG batch, text length and
+        latent size): what timings, profiles and checks run a step on."""
+        import torch
+
+        ex = self.manifest.export
+        feeds = self.spec.example_inputs(self.config, ex.opt_batch, ex.text_len, ex.latent_side,
+                                         torch.Generator().manual_seed(0))
+        return {k: v.to(device) for k, v in feeds.items()}
+
     def uncached(self) -> DeltaDiTExecutor:
         """Run every step in full on the same segments (the --no-cache path)."""
         return DeltaDiTExecutor(FullPlan(self.plan), self.segments, self.runner)

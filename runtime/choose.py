@@ -3,7 +3,7 @@
 Which engine is faster depends on the CPU and on the model. On an AVX2 CPU without VNNI, ONNX Runtime
 runs the INT8 bundles faster than OpenVINO; on a Xeon with AMX, OpenVINO runs the wide PixArt-α groups'
 INT8 GEMMs on AMX tiles while, on the embedded 128-wide model, its per-node cost makes it the slower one
-(README, "Choosing the engine"). So the choice is measured, not assumed: every installed CPU engine
+(README, "All 28 blocks on an AMX Xeon" and "--backend auto" under Generate). So the choice is measured, not assumed: every installed CPU engine
 (ONNX Runtime; OpenVINO with the ``[openvino]`` extra) opens the bundle and runs one full (uncached) step
 on the bundle's example inputs -- one warm-up, then :data:`ROUNDS` timed steps, the engines alternating --
 and the lower median wins. The result is stored in the user cache (``$DELTADIT_CACHE/backend``, never in
@@ -20,9 +20,10 @@ import statistics
 import time
 from pathlib import Path
 
+from deltadit.bundle import write_json_atomic
 from deltadit.errors import DeltaDiTError
 
-CPU_ENGINES = ("onnxrt", "openvino")
+PACKAGES = {"onnxrt": "onnxruntime", "openvino": "openvino"}  # CPU engine -> its Python package (ONNX Runtime first)
 ROUNDS = 3
 
 
@@ -30,19 +31,18 @@ def installed() -> tuple[str, ...]:
     """The CPU engines whose Python package imports here (ONNX Runtime first)."""
     import importlib.util
 
-    return tuple(e for e, module in zip(CPU_ENGINES, ("onnxruntime", "openvino")) if importlib.util.find_spec(module))
+    return tuple(e for e, package in PACKAGES.items() if importlib.util.find_spec(package))
 
 
 def _versions(engines: tuple[str, ...]) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for engine, dist in zip(CPU_ENGINES, ("onnxruntime", "openvino")):
-        if engine in engines:
-            try:
-                out[engine] = version(dist)
-            except PackageNotFoundError:
-                out[engine] = "?"
+    for engine in engines:
+        try:
+            out[engine] = version(PACKAGES[engine])
+        except PackageNotFoundError:
+            out[engine] = "?"
     return out
 
 
@@ -60,12 +60,7 @@ def choice_key(root: Path, engines: tuple[str, ...]) -> str:
 def full_step_seconds(bundles: dict, rounds: int = ROUNDS) -> dict[str, float]:
     """{engine: median seconds of one full step} of the loaded ``bundles`` ({engine: Bundle}), on the bundle's
     example inputs; one warm-up step each, then ``rounds`` rounds with the engines in turn."""
-    import torch
-
-    first = next(iter(bundles.values()))
-    ex = first.manifest.export
-    feeds = first.spec.example_inputs(first.config, ex.opt_batch, ex.text_len, ex.latent_side,
-                                      torch.Generator().manual_seed(0))
+    feeds = next(iter(bundles.values())).example_feeds()
     executors = {e: b.uncached() for e, b in bundles.items()}
     for executor in executors.values():
         executor.step(0, feeds)
@@ -105,9 +100,7 @@ def choose(root: Path, load_engine, cache_dir: Path | None = None) -> tuple[obje
     record = {"backend": best, "seconds": seconds}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(path)
+        write_json_atomic(path, record)
     except OSError:
         pass
     return bundles[best], {**record, "measured": True}

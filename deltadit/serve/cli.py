@@ -42,7 +42,7 @@ def _repo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=flag(integer, "--instances", 1, 64, parse=int), default=1,
                    help="model instances per bundle (default 1)")
     p.add_argument("--providers", default="", help="ONNX Runtime providers, comma-separated (default CPU)")
-    p.add_argument("--backend", choices=("onnxrt", "openvino", "auto"), default="onnxrt",
+    p.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
                    help="engine each model instance runs the bundle on (default onnxrt; auto: the faster CPU engine for "
                         "the bundle on the serving machine, measured at the first load and cached)")
 

@@ -23,9 +23,6 @@ from deltadit.errors import DeltaDiTError, raise_if
 MAX_QUEUE = 100_000
 MAX_INSTANCES = 64
 
-SERVE_BACKENDS = ("onnxrt", "openvino", "auto")
-
-
 @dataclass(frozen=True)
 class RepoOptions:
     """How Triton schedules a bundle's model.
@@ -48,10 +45,10 @@ class RepoOptions:
 
     def check(self) -> RepoOptions:
         problems = []
-        if self.backend not in SERVE_BACKENDS:
-            problems.append(f"--backend | '{self.backend}' is unknown. Expected: one of {', '.join(SERVE_BACKENDS)}.")
-        elif self.providers and self.backend != "onnxrt":
-            problems.append(f"--providers | applies to --backend onnxrt, not {self.backend}. Expected: drop --providers.")
+        if self.backend not in validate.CPU_BACKENDS:
+            problems.append(f"--backend | '{self.backend}' is unknown. Expected: one of {', '.join(validate.CPU_BACKENDS)}.")
+        elif problem := validate.onnxrt_only("--providers", self.providers, self.backend):
+            problems.append(problem)
         for name, value, lo, hi in (("--queue", self.queue, 1, MAX_QUEUE), ("--batch-delay-us", self.delay_us, 0, 10**7),
                                     ("--instances", self.instances, 1, MAX_INSTANCES)):
             try:

@@ -51,12 +51,17 @@ class OpenVinoRunner(Runner):
                                 f"{', '.join(core.available_devices)}). Expected: one of those.")
         cache = self.cache_dir / self.precision
         cache.mkdir(parents=True, exist_ok=True)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision, "CACHE_DIR": str(cache)}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        config = {**self.compile_config(), "CACHE_DIR": str(cache)}
         for name, entry in self.entries.items():
             self.compiled[name] = core.compile_model(str(self.root / entry.graph), self.device_name, config)
             trim_heap()  # what reading the ONNX left in the heap (46 MiB of a 4-block INT8 group)
+
+    def compile_config(self) -> dict:
+        """OpenVINO's compile settings of this runner (the model cache aside)."""
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return config
 
     def _deactivate_impl(self) -> None:
         self.compiled.clear()

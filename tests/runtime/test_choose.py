@@ -13,10 +13,7 @@ from deltadit.runtime import choose
 
 
 def step(bundle):
-    ex = bundle.manifest.export
-    feeds = bundle.spec.example_inputs(bundle.config, ex.opt_batch, ex.text_len, ex.latent_side,
-                                       torch.Generator().manual_seed(1))
-    return bundle.uncached().step(0, feeds)["sample"]
+    return bundle.uncached().step(0, bundle.example_feeds())["sample"]
 
 
 def test_the_faster_engine_is_chosen_stored_and_read_back(tiny_bundle, tmp_path, monkeypatch):

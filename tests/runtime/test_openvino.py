@@ -76,9 +76,7 @@ def test_each_precision_compiles_into_its_own_cache_folder(tiny_bundle, tmp_path
     steps = {}
     for precision in ("f32", "bf16"):
         b = runtime.load(path, backend="openvino", precision=precision, cache_dir=tmp_path / "cache")
-        ex = b.manifest.export
-        feeds = b.spec.example_inputs(b.config, ex.opt_batch, ex.text_len, ex.latent_side, torch.Generator().manual_seed(0))
-        steps[precision] = b.uncached().step(0, feeds)["sample"]
+        steps[precision] = b.uncached().step(0, b.example_feeds())["sample"]
         assert list((tmp_path / "cache" / precision).iterdir())
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["bf16", "f32"]
     err = (steps["bf16"] - steps["f32"]).norm() / steps["f32"].norm()
