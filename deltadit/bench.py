@@ -30,8 +30,8 @@ from deltadit.runtime.cpu import machine
 from deltadit.errors import DeltaDiTError
 
 
-BUNDLE_BACKENDS = ("onnxrt", "openvino", "openvino-bf16")  # openvino-bf16: OpenVINO, inference precision bf16
-SHORT = {"torch": "torch", "onnxrt": "ort", "openvino": "ov", "openvino-bf16": "ov-bf16"}  # configuration-name prefixes
+BUNDLE_BACKENDS = ("onnxrt", "openvino", "openvino-f32", "openvino-bf16")  # openvino: its precision="auto"; -f32, -bf16: that precision
+SHORT = {"torch": "torch", "onnxrt": "ort", "openvino": "ov", "openvino-f32": "ov-f32", "openvino-bf16": "ov-bf16"}  # name prefixes
 
 
 def probe_kind(c) -> str:
@@ -41,7 +41,8 @@ def probe_kind(c) -> str:
 
 def engine(backend: str) -> tuple[str, dict]:
     """(the runtime backend, its options) of a bench backend name (BUNDLE_BACKENDS)."""
-    return ("openvino", {"precision": "bf16"}) if backend == "openvino-bf16" else (backend, {})
+    engine_name, _, precision = backend.partition("-")
+    return (engine_name, {"precision": precision}) if precision else (backend, {})
 
 
 @dataclass
@@ -350,8 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", help="only the configurations whose names match these comma-separated shell patterns, "
                                      "e.g. 'ort *' or 'torch-bf16*,ort int8*' (names as in the report)")
     p.add_argument("--backends", default="onnxrt", type=flag(_names("backends", BUNDLE_BACKENDS), "--backends"),
-                   help="engines that run each bundle, comma-separated: onnxrt, openvino, openvino-bf16 (OpenVINO "
-                        "with bf16 inference precision for what is not INT8) (default onnxrt)")
+                   help="engines that run each bundle, comma-separated: onnxrt, openvino (its default precision: "
+                        "bf16 outside the INT8 layers of INT8 groups on CPUs with bf16, else f32), openvino-f32, "
+                        "openvino-bf16 (OpenVINO with that precision for the block groups' non-INT8 work) "
+                        "(default onnxrt)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: bundles on ONNX Runtime's CUDA provider (onnxruntime-gpu), PyTorch on the GPU")
     p.add_argument("--gpu-launch", type=flag(_names("launches", GPU_LAUNCHES), "--gpu-launch"),

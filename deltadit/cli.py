@@ -181,17 +181,24 @@ def _load_bundle(args):
     from deltadit.runtime import load
 
     launch = getattr(args, "gpu_launch", None)
-    for flag_, value in (("--providers", args.providers), ("--gpu-launch", launch)):
-        problem = validate.onnxrt_only(flag_, value, args.backend)
+    for flag_, value, wanted in (("--providers", args.providers, "onnxrt"), ("--gpu-launch", launch, "onnxrt"),
+                                 ("--precision", args.precision, "openvino")):
+        problem = validate.backend_only(flag_, value, args.backend, wanted)
         if problem:
             raise DeltaDiTError(problem)
     if args.backend == "openvino":
-        return load(args.bundle, backend="openvino")
+        return load(args.bundle, backend="openvino", precision=args.precision or "auto")
     if args.backend == "auto":
         bundle = load(args.bundle, backend="auto")
         print(choice_line(bundle.choice), file=sys.stderr)
         return bundle
     return load(args.bundle, args.providers.split(",") if args.providers else None, gpu_launch=launch)
+
+
+def add_precision_arg(p) -> None:
+    p.add_argument("--precision", choices=validate.OPENVINO_PRECISIONS,
+                   help="with --backend openvino: the block groups' float precision (default auto: bf16 for INT8 "
+                        "groups on a CPU with bf16 (AMX / AVX512-BF16), else f32; the head and tail stay in f32)")
 
 
 def choice_line(record: dict) -> str:
@@ -311,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
                    help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
                         "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
+    add_precision_arg(c)
     c.set_defaults(func=cmd_check)
     g = sub.add_parser("generate", help="draw one image with a bundle (prompt for PixArt, class for DiT)")
     g.add_argument("bundle")
@@ -334,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
                    help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
                         "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
+    add_precision_arg(g)
     g.add_argument("--gpu-launch", choices=GPU_LAUNCHES,
                    help="with --providers CUDAExecutionProvider: async (the default there: the host never waits), "
                         "graph (each segment replayed as a CUDA graph; fastest) or sync")

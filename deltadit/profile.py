@@ -131,7 +131,7 @@ def _profile_openvino(bundle, seg, inputs: dict, repeats: int, total: dict) -> N
     import openvino as ov
 
     runner = bundle.runner
-    config = {**runner.compile_config(), "PERF_COUNT": True}
+    config = {**runner.compile_config(seg), "PERF_COUNT": True}
     model = ov.Core().compile_model(str(bundle.root / seg.graph), runner.device_name, config)
     request = model.create_infer_request()
     arrays = _arrays(seg, inputs, {name for port in model.inputs for name in port.get_names()})

@@ -30,6 +30,7 @@ MAX_REPEATS = 1000          # timing rounds / repeats of a benchmark
 MAX_CLASSES = 100_000       # class labels of a class-conditional model (ImageNet DiT: 1000)
 
 CPU_BACKENDS = ("onnxrt", "openvino", "auto")  # --backend of generate / check / serve (auto: runtime/choose.py)
+OPENVINO_PRECISIONS = ("auto", "f32", "bf16")  # the OpenVINO runner's precision (runtime/runners/openvino.py)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -102,10 +103,11 @@ def output_folder(name: str, value) -> Path:
     return Path(value)
 
 
-def onnxrt_only(flag: str, value, backend: str) -> str | None:
-    """The one-line problem of an ONNX Runtime option (``flag`` = ``value``) given with another --backend."""
-    if value and backend != "onnxrt":
-        return f"{flag} | applies to --backend onnxrt, not {backend}. Expected: drop {flag}."
+def backend_only(flag: str, value, backend: str, wanted: str = "onnxrt") -> str | None:
+    """The one-line problem of an option of one engine (``flag`` = ``value``, for --backend ``wanted``) given
+    with another --backend."""
+    if value and backend != wanted:
+        return f"{flag} | applies to --backend {wanted}, not {backend}. Expected: drop {flag}."
     return None
 
 

@@ -84,7 +84,7 @@ def load(bundle: str | Path, providers: list[str] | None = None, io_binding: boo
     """Check and open a bundle. providers: ONNX Runtime providers, e.g. ["CUDAExecutionProvider",
     "CPUExecutionProvider"]; default CPU. io_binding: bind tensors by pointer so hidden states and
     deltas stay on the execution provider's device (False: copy through numpy). backend: "onnxrt",
-    "openvino" (runner_options: device="CPU", precision="f32" | "bf16", threads; see
+    "openvino" (runner_options: device="CPU", precision="auto" | "f32" | "bf16", threads; see
     :class:`OpenVinoRunner`) or "tensorrt" (engines from the bundle, or built from its ONNX into a cache on first load; runner_options
     go to :class:`TensorRTRunner`, e.g. cuda_graph=True; for "onnxrt", fused_attention=False opens the
     standard graphs instead of the fused-attention variants, and memory_arena="shared" (CPU default: one

@@ -47,7 +47,7 @@ class RepoOptions:
         problems = []
         if self.backend not in validate.CPU_BACKENDS:
             problems.append(f"--backend | '{self.backend}' is unknown. Expected: one of {', '.join(validate.CPU_BACKENDS)}.")
-        elif problem := validate.onnxrt_only("--providers", self.providers, self.backend):
+        elif problem := validate.backend_only("--providers", self.providers, self.backend):
             problems.append(problem)
         for name, value, lo, hi in (("--queue", self.queue, 1, MAX_QUEUE), ("--batch-delay-us", self.delay_us, 0, 10**7),
                                     ("--instances", self.instances, 1, MAX_INSTANCES)):
