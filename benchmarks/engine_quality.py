@@ -18,7 +18,7 @@ from pathlib import Path
 
 from deltadit.bench import engine
 
-SETTINGS = {"ort": engine("onnxrt"), "ov f32": engine("openvino"), "ov bf16": engine("openvino-bf16")}  # label: (backend, options)
+SETTINGS = {"ort": engine("onnxrt"), "ov f32": engine("openvino-f32"), "ov bf16": engine("openvino-bf16")}  # label: (backend, options)
 
 
 def animals(root: Path) -> dict:

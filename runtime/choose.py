@@ -7,8 +7,9 @@ INT8 GEMMs on AMX tiles while, on the embedded 128-wide model, its per-node cost
 (ONNX Runtime; OpenVINO with the ``[openvino]`` extra) opens the bundle and runs one full (uncached) step
 on the bundle's example inputs -- one warm-up, then :data:`ROUNDS` timed steps, the engines alternating --
 and the lower median wins. The result is stored in the user cache (``$DELTADIT_CACHE/backend``, never in
-the bundle), keyed by the bundle's manifest, the CPU model and ISA flags, the engines' versions and the
-thread count, so later loads read it instead of measuring.
+the bundle), keyed by the bundle's manifest, the CPU model and ISA flags, the engines' versions and default
+settings (:data:`SETTINGS`) and the thread count, so later loads read it instead of measuring. OpenVINO runs
+at its default precision ("auto": bf16 for INT8 groups on CPUs with bf16).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from deltadit.errors import DeltaDiTError
 
 PACKAGES = {"onnxrt": "onnxruntime", "openvino": "openvino"}  # CPU engine -> its Python package (ONNX Runtime first)
 ROUNDS = 3
+SETTINGS = 2  # the engines' default settings, in the key: raise it when one changes (2: OpenVINO's precision="auto")
 
 
 def installed() -> tuple[str, ...]:
@@ -53,7 +55,7 @@ def choice_key(root: Path, engines: tuple[str, ...]) -> str:
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parts = {"manifest": hashlib.sha256((Path(root) / "manifest.json").read_bytes()).hexdigest(),
-             "machine": machine(), "engines": _versions(engines), "threads": threads}
+             "machine": machine(), "engines": _versions(engines), "settings": SETTINGS, "threads": threads}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
