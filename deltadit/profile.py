@@ -95,11 +95,12 @@ def _add(total: dict, part: dict, repeats: int) -> None:
             total[key][k] = total[key].get(k, 0.0) + v / repeats
 
 
-def profile_bundle(bundle_path: str | Path, repeats: int = 3, backend: str = "onnxrt") -> dict:
-    """Profile every segment of one full step on ``backend`` (CPU, the runner's graphs and settings)."""
+def profile_bundle(bundle_path: str | Path, repeats: int = 3, backend: str = "onnxrt", **runner_options) -> dict:
+    """Profile every segment of one full step on ``backend`` (CPU, the runner's graphs and settings;
+    runner_options as for runtime.load, e.g. precision="f32" for OpenVINO)."""
     from deltadit import runtime
 
-    bundle = runtime.load(bundle_path, backend=backend)
+    bundle = runtime.load(bundle_path, backend=backend, **runner_options)
     captured = captured_inputs(bundle)
     profile = _profile_openvino if backend == "openvino" else _profile_onnxrt
     total = {"by_kind": {}, "by_op": {}, "kernels": {}}
@@ -165,15 +166,20 @@ def format_profile(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from deltadit import validate
-    from deltadit.cli import ArgumentParser, flag
+    from deltadit.cli import ArgumentParser, add_precision_arg, flag
 
     p = ArgumentParser(prog="python -m deltadit.profile", description=__doc__.splitlines()[0])
     p.add_argument("bundle")
     p.add_argument("--repeats", type=flag(validate.integer, "--repeats", 1, validate.MAX_REPEATS, parse=int), default=3)
     p.add_argument("--backend", choices=("onnxrt", "openvino"), default="onnxrt", help="the engine to profile on")
+    add_precision_arg(p)
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
-    result = profile_bundle(args.bundle, args.repeats, args.backend)
+    problem = validate.backend_only("--precision", args.precision, args.backend, "openvino")
+    if problem:
+        p.error(problem)
+    result = profile_bundle(args.bundle, args.repeats, args.backend,
+                            **({"precision": args.precision} if args.precision else {}))
     print(format_profile(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -33,3 +33,9 @@ def test_profile_a_bundle_step_on_openvino(tiny_bundle, capsys):
     assert r["kernels"] and sum(r["kernels"].values()) == pytest.approx(sum(r["by_op"].values()))  # both per step
     assert main([str(bundle), "--repeats", "1", "--backend", "openvino"]) == 0
     assert "| node type: kernel |" in capsys.readouterr().out
+    assert main([str(bundle), "--repeats", "1", "--backend", "openvino", "--precision", "bf16"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(bundle), "--precision", "f32"])
+    assert stop.value.code == 2
+    assert "--precision | applies to --backend openvino, not onnxrt. Expected: drop --precision." in capsys.readouterr().err
