@@ -25,12 +25,12 @@ import functools
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
-from deltadit.validate import OPENVINO_PRECISIONS
 from deltadit.memory import trim_heap
 from deltadit.manifest import Manifest
 from deltadit.models.spec import Segment
 from deltadit.runtime.runners.base import Runner
 from deltadit.sources import user_cache
+from deltadit.validate import OPENVINO_PRECISIONS
 
 BF16_KINDS = ("group",)  # segment kinds that may run in bf16; the rest stay in f32
 
