@@ -9,7 +9,6 @@ top: the stage's peak, 3552 MiB of 3552 at 8 PixArt-α blocks; benchmarks/export
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +24,6 @@ def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[di
     """Stage 4: every segment on ONNX Runtime (CPU) against PyTorch, then (INT8) the quality guard;
     raises listing every failure (the guard's only when every graph passed). Fills each entry's ``check``
     and, for INT8, ``manifest["int8"]``."""
-    from deltadit.export.int8 import HOLDOUT_DIR
     from deltadit.memory import release_memory
     from deltadit.manifest import Manifest
     from deltadit.runtime.runners.onnxrt import OnnxrtRunner
@@ -49,7 +47,6 @@ def check_onnx(work: Path, manifest: dict, split, traced: dict, entries: list[di
     if int8 is not None and not failures:
         failures += _guard_bundle(work, parsed, split, plan, preset, int8_info, holdout, guarded)
         manifest["int8"] = int8_info
-    shutil.rmtree(work / HOLDOUT_DIR, ignore_errors=True)  # the guard was its last reader
     if failures:
         raise DeltaDiTError("export check failed; the bundle was not written:\n" + "\n".join(failures))
 

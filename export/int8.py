@@ -19,33 +19,6 @@ from deltadit.export.quantize import (GroupRecorder, calibration_conditions, gro
                                       kept_fp_layers, quantize_groups, sqnr)
 
 HOLDOUT_SEED_OFFSET = 1000  # the held-out generation's noise seed, apart from the calibration seeds
-HOLDOUT_DIR = "holdout"  # in the export's work folder: the guard's per-group held-out tensors between stages
-
-
-class Spilled:
-    """One part ("samples" or "references") of the held-out set, {group: [{name: tensor}]}, kept on disk by
-    :func:`spill_holdout` and read back memory-mapped, one group at a time, when the guard asks."""
-
-    def __init__(self, folder: Path, part: str):
-        self.folder, self.part = Path(folder), part
-
-    def get(self, group: str, default=None):
-        import torch
-
-        path = self.folder / f"{group}.pt"
-        return torch.load(path, mmap=True, weights_only=True)[self.part] if path.is_file() else default
-
-
-def spill_holdout(holdout: dict, folder: Path) -> dict:
-    """``holdout`` with its per-group inputs and FP outputs moved to ``folder`` (one file per group, read back
-    by :class:`Spilled`): the ONNX export between calibration and the guard, whose trace is the export's
-    memory peak, then runs without them (4 samples of ~20 MB per group at 28 PixArt-α blocks)."""
-    import torch
-
-    folder.mkdir(exist_ok=True)
-    for group, samples in holdout["samples"].items():
-        torch.save({"samples": samples, "references": holdout["references"].get(group, [])}, folder / f"{group}.pt")
-    return {**holdout, "samples": Spilled(folder, "samples"), "references": Spilled(folder, "references")}
 
 
 def _conditioner(spec, preset, weights, random_init):

@@ -191,7 +191,7 @@ def export_bundle(
         if int8 is not None:
             with _stage(stages, report, "calibrate", "calibrate int8"):
                 int8_info, holdout = calibrate_int8(transformer, split, traced, plan, preset, int8, weights, random_init,
-                                                    progress, target)
+                                                    progress)
         del transformer  # split.modules now hold every weight; export_onnx drops each segment's once it is written
         release_memory()  # calibration's activations leave the RSS before the ONNX export's peak
         target.segments = len(split.segments)
@@ -246,14 +246,13 @@ def split_and_trace(transformer, plan: DeltaPlan, preset: Preset, seed: int):
 
 
 def calibrate_int8(transformer, split, traced: dict, plan: DeltaPlan, preset: Preset, int8, weights, random_init,
-                   progress: bool, target: Output):
+                   progress: bool):
     """Stage 2b: the split's groups quantized in place, calibrated along the plan's trajectory. Their own
     outputs replace the references in ``traced`` (what their ONNX must match).
-    Returns (manifest int8 info, held-out data for the guard, its per-group tensors in ``target.work``'s
-    holdout folder until the check removes it)."""
+    Returns (manifest int8 info, held-out data for the guard)."""
     import torch
 
-    from deltadit.export.int8 import HOLDOUT_DIR, calibrate, spill_holdout
+    from deltadit.export.int8 import calibrate
 
     qmodules, int8_info, holdout = calibrate(transformer, split, plan, preset, int8, weights, random_init, progress)
     outputs = {seg.name: seg.outputs for seg in split.segments}
@@ -262,8 +261,7 @@ def calibrate_int8(transformer, split, traced: dict, plan: DeltaPlan, preset: Pr
             args, _ = traced[name]
             out = qmodules[name](*args.values())
             traced[name] = (args, dict(zip(outputs[name], out if isinstance(out, tuple) else (out,))))
-    target.claim(f"{HOLDOUT_DIR}/*")
-    return int8_info, spill_holdout(holdout, target.work / HOLDOUT_DIR)
+    return int8_info, holdout
 
 
 def export_onnx(split, traced: dict, target: Output, opset: int, vers: dict, fuse: bool, int8_info,

@@ -118,7 +118,6 @@ def test_int8_export_quantizes_the_splits_own_groups_and_drops_them(tmp_path, mo
     segments = len(PLAN.groups) + 2
     assert [n for gen, n in sessions if not gen] == [1] * (segments + len(PLAN.groups))
     assert [n for gen, n in sessions if gen] == list(range(1, segments + 1))
-    assert not (tmp_path / "q" / "holdout").exists() and not (tmp_path / "q.partial").exists()
 
 
 def test_recorder_keeps_each_sampled_input_with_the_groups_output_on_it():
@@ -136,22 +135,3 @@ def test_recorder_keeps_each_sampled_input_with_the_groups_output_on_it():
         assert torch.equal(feeds["hidden_states"], calls[i][0]) and torch.equal(ref["hidden_states"], outs[i])
         outs[i].add_(1.0)  # what the executor does with an output later cannot reach the recorded copy
         assert not torch.equal(ref["hidden_states"], outs[i])
-
-
-def test_held_out_set_waits_on_disk_between_calibration_and_guard(tmp_path):
-    """The guard's held-out inputs and FP outputs are written out after calibration (the ONNX export runs
-    without them in memory) and read back unchanged, group by group."""
-    from deltadit.export.int8 import spill_holdout
-
-    g = torch.Generator().manual_seed(0)
-    samples = {"blocks_00_03": [{"hidden_states": torch.randn(2, 16, 16, generator=g)} for _ in range(2)]}
-    references = {"blocks_00_03": [{"hidden_states": torch.randn(2, 16, 16, generator=g)} for _ in range(2)]}
-    holdout = {"samples": samples, "references": references, "latents": torch.ones(1), "seed": 7}
-    spilled = spill_holdout(holdout, tmp_path / "holdout")
-    assert [p.name for p in (tmp_path / "holdout").iterdir()] == ["blocks_00_03.pt"]
-    assert spilled["seed"] == 7 and spilled["latents"] is holdout["latents"]  # the small parts stay in memory
-    for part, recorded in (("samples", samples), ("references", references)):
-        back = spilled[part].get("blocks_00_03", [])
-        assert len(back) == 2 and all(torch.equal(a["hidden_states"], b["hidden_states"])
-                                      for a, b in zip(back, recorded["blocks_00_03"]))
-        assert spilled[part].get("blocks_03_06", []) == []  # a group without samples
