@@ -15,7 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+from contextlib import contextmanager
 from functools import lru_cache
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the ceiling of glibc's dynamic mmap threshold on 64-bit
 
 
 @lru_cache(maxsize=1)
@@ -44,3 +48,23 @@ def trim_heap() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+@contextmanager
+def mmap_large_blocks(threshold: int = 4 * 1024 * 1024):
+    """Within: C heap blocks of ``threshold`` bytes or more come from their own mmap, so each goes back to the
+    OS when freed, not at the next trim. The legacy ONNX exporter's transients (the graph's weights copied
+    into a ModelProto, its serialised string, a Python copy of it) are such blocks: with them mmapped, the
+    28-block PixArt-α INT8 export's ONNX stage peaked at 5082 MiB instead of 5948-6147 MiB (AMX Xeon,
+    benchmarks/export_memory.py; README, Export memory). On exit the threshold is fixed at glibc's dynamic
+    ceiling (32 MiB), where it would have grown anyway (glibc cannot hand it back to its own adjustment).
+    Without glibc's ``mallopt`` nothing changes."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, int(threshold))
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)

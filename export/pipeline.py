@@ -24,7 +24,7 @@ from deltadit.bundle import FORMAT_VERSION, MANIFEST, sha256_file, write_json_at
 from deltadit.console import Stages, track
 from deltadit.errors import DeltaDiTError, raise_if
 from deltadit.export.check import check_onnx
-from deltadit.memory import release_memory
+from deltadit.memory import mmap_large_blocks, release_memory
 from deltadit.export.publish import STAGES_FILE, Output, output_folder
 from deltadit.plan import DeltaPlan
 from deltadit.presets import Preset
@@ -196,14 +196,15 @@ def export_bundle(
         release_memory()  # calibration's activations leave the RSS before the ONNX export's peak
         target.segments = len(split.segments)
         vers = versions()
-        with _stage(stages, report, "export", "export onnx"):
-            entries = export_onnx(split, traced, target, opset, vers, fuse, int8_info, report, progress, precision)
-        manifest = build_manifest(preset, plan, split, entries, vers, weights=weights, random_init=random_init,
-                                  seed=seed, opset=opset, max_batch=max_batch, tolerance=tolerance,
-                                  int8_tolerance=int8_tolerance, int8=int8, fp16_tolerance=fp16_tolerance)
-        with _stage(stages, report, "check", "check vs pytorch"):
-            check_onnx(target.work, manifest, split, traced, entries, plan, preset, tolerance, int8_tolerance,
-                       int8, int8_info, holdout, report, progress, fp16_tolerance)
+        with mmap_large_blocks():  # the exporter's and the sessions' large transients leave the RSS when freed
+            with _stage(stages, report, "export", "export onnx"):
+                entries = export_onnx(split, traced, target, opset, vers, fuse, int8_info, report, progress, precision)
+            manifest = build_manifest(preset, plan, split, entries, vers, weights=weights, random_init=random_init,
+                                      seed=seed, opset=opset, max_batch=max_batch, tolerance=tolerance,
+                                      int8_tolerance=int8_tolerance, int8=int8, fp16_tolerance=fp16_tolerance)
+            with _stage(stages, report, "check", "check vs pytorch"):
+                check_onnx(target.work, manifest, split, traced, entries, plan, preset, tolerance, int8_tolerance,
+                           int8, int8_info, holdout, report, progress, fp16_tolerance)
         if text_encoder:
             with _stage(stages, report, "text_encoder", "export text encoder"):
                 manifest["text_encoder"] = export_text_encoder(target, preset, weights or preset.source, opset, tolerance)
