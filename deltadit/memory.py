@@ -55,8 +55,8 @@ def mmap_large_blocks(threshold: int = 4 * 1024 * 1024):
     """Within: C heap blocks of ``threshold`` bytes or more come from their own mmap, so each goes back to the
     OS when freed, not at the next trim. The legacy ONNX exporter's transients (the graph's weights copied
     into a ModelProto, its serialised string, a Python copy of it) are such blocks: with them mmapped, the
-    28-block PixArt-α INT8 export's ONNX stage peaked at 5082 MiB instead of 5948-6147 MiB (AMX Xeon,
-    benchmarks/export_memory.py; README, Export memory). On exit the threshold is fixed at glibc's dynamic
+    28-block PixArt-α INT8 export's ONNX stage peaked at 5097-5410 MiB instead of 5948-6147 MiB, the whole
+    export at 5542-5551 MiB (AMX Xeon, benchmarks/export_memory.py; README, Export memory). On exit the threshold is fixed at glibc's dynamic
     ceiling (32 MiB), where it would have grown anyway (glibc cannot hand it back to its own adjustment).
     Without glibc's ``mallopt`` nothing changes."""
     libc = _libc()
