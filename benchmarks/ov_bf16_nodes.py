@@ -28,9 +28,9 @@ F32_KINDS = {"none": (), "head": ("head",), "head, tail": ("head", "tail")}
 
 
 def _sqnr(ref, x) -> float:
-    import numpy as np
+    from deltadit.export.quantize import sqnr
 
-    return float(10 * np.log10((ref.astype("float64") ** 2).sum() / ((ref - x).astype("float64") ** 2).sum()))
+    return sqnr(ref, x)["sqnr_db"]
 
 
 def _mark(xml_in: Path, xml_out: Path, types) -> int:

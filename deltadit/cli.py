@@ -195,6 +195,15 @@ def _load_bundle(args):
     return load(args.bundle, args.providers.split(",") if args.providers else None, gpu_launch=launch)
 
 
+def add_engine_args(p) -> None:
+    """--providers, --backend and --precision: the engine a bundle command (check, generate) runs on."""
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
+    p.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
+                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
+                        "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
+    add_precision_arg(p)
+
+
 def add_precision_arg(p) -> None:
     p.add_argument("--precision", choices=validate.OPENVINO_PRECISIONS,
                    help="with --backend openvino: the block groups' float precision (default auto: bf16 for INT8 "
@@ -314,11 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("bundle")
     c.add_argument("--steps", type=flag(integer, "--steps", 1, validate.MAX_STEPS, parse=int), default=2,
                    help="how many plan steps to run (default 2: one full, one cached)")
-    c.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
-    c.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
-                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
-                        "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
-    add_precision_arg(c)
+    add_engine_args(c)
     c.set_defaults(func=cmd_check)
     g = sub.add_parser("generate", help="draw one image with a bundle (prompt for PixArt, class for DiT)")
     g.add_argument("bundle")
@@ -338,11 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the manifest is never opened on its own)")
     g.add_argument("--guidance-scale", type=flag(real, "--guidance-scale", 0, validate.MAX_GUIDANCE),
                    help=f"override the bundle's guidance scale, in [0, {validate.MAX_GUIDANCE:g}] (<= 1: no guidance)")
-    g.add_argument("--providers", help="ONNX Runtime providers, comma-separated (default CPUExecutionProvider)")
-    g.add_argument("--backend", choices=validate.CPU_BACKENDS, default="onnxrt",
-                   help="engine that runs the bundle's segments (default onnxrt; openvino needs the [openvino] extra; "
-                        "auto: the faster installed CPU engine for this bundle here, measured once and cached)")
-    add_precision_arg(g)
+    add_engine_args(g)
     g.add_argument("--gpu-launch", choices=GPU_LAUNCHES,
                    help="with --providers CUDAExecutionProvider: async (the default there: the host never waits), "
                         "graph (each segment replayed as a CUDA graph; fastest) or sync")
