@@ -17,11 +17,14 @@ Compiled blobs go to OpenVINO's model cache in ``$DELTADIT_CACHE/openvino/<preci
 folder per precision: OpenVINO 2026.4 crashes (segmentation fault in infer) when one process compiles the
 same INT8 graph in f32 and then in bf16 against a shared cache folder; separate folders avoid it.
 The fused-attention graphs (``com.microsoft`` ops, ONNX Runtime only) are not used here.
+Activation also runs the bindings' one-time set-up on one thread (:func:`warm_bindings`): without it,
+concurrent first inferences could stall for good.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 from deltadit.errors import DeltaDiTError
@@ -67,6 +70,7 @@ class OpenVinoRunner(Runner):
             config["CACHE_DIR"] = str(cache)
             self.compiled[name] = core.compile_model(str(self.root / entry.graph), self.device_name, config)
             trim_heap()  # what reading the ONNX left in the heap (46 MiB of a 4-block INT8 group)
+        warm_bindings({p.get_element_type() for m in self.compiled.values() for p in (*m.inputs, *m.outputs)})
 
     def segment_precision(self, entry) -> str:
         """OpenVINO's inference precision (f32 or bf16) for this manifest segment."""
@@ -102,6 +106,30 @@ class OpenVinoRunner(Runner):
             port = model.output(o.onnx_name)
             out[o.name] = torch.from_numpy(result[port].copy()).to(getattr(torch, o.dtype))
         return out
+
+
+_WARM_LOCK = threading.Lock()
+_warmed: set = set()
+
+
+def warm_bindings(element_types) -> None:
+    """Read ``Tensor.data`` once per element type, on this thread, before any concurrent inference.
+
+    openvino 2026.4's Python bindings set up a function-local static on the first ``Tensor.data`` of a
+    process (every ``infer`` reads its request tensors through it). Where that set-up first takes numpy's C
+    API, it releases the GIL inside the static's guard; a second thread entering ``Tensor.data`` then
+    waits on the guard while holding the GIL, and both threads wait for good, with no CPU used. Seen with
+    three concurrent generations on one bundle (native stacks:
+    benchmarks/results/openvino-stall-stacks.txt). After this call the set-up is done, and a first
+    inference has nothing left to race for.
+    """
+    import openvino as ov
+
+    with _WARM_LOCK:
+        for element_type in set(element_types) - _warmed:
+            if element_type.is_static():
+                ov.Tensor(element_type, ov.Shape([1])).data
+            _warmed.add(element_type)
 
 
 @functools.cache
