@@ -11,7 +11,9 @@ Stages, each a function with explicit arguments:
   report   table.md, pareto.png, results.json, and plan.json (DeltaPlan JSON) of the fastest measured
            candidate that reaches the target, for `deltadit-export --plan plan.json [--int8]`;
   metrics  (--metrics-samples) FID / class accuracy of every measured candidate and the choice by them
-           (deltadit.tune.metrics): out/metrics/choice.md, plan.json, plan-int8.json.
+           (deltadit.tune.metrics): out/metrics/choice.md, plan.json, plan-int8.json; and targets.{md,png}:
+           each INT8 row against the issue's INT8-alone and composed targets, by how much it misses
+           and why (deltadit.tune.targets).
 """
 
 from __future__ import annotations
@@ -279,7 +281,8 @@ def cmd_tune(args) -> int:
 
         scored = full_metrics(preset, report, out, args.metrics_samples, args.bootstrap_rounds, targets=targets)
         print(format_table(scored) + "\n" + choice_text(scored["choice"]))
-        print(f"wrote {out}/metrics/: results.json, table.md, grids/, choice.md, choice.json, plan*.json")
+        print(f"wrote {out}/metrics/: results.json, table.md, grids/, choice.md, choice.json, plan*.json, "
+              "targets.{md,json,png}")
     return 0
 
 

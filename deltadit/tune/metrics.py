@@ -106,7 +106,8 @@ def full_metrics(preset, report: dict, out: Path, samples: int, rounds: int, pro
                  targets: tuple[float, float] = TARGETS) -> dict:
     """Score the fixed rows and the report's tuned rows (see the module docstring) on ``samples`` images each
     (a multiple of the 10 prompts), then choose among them (:func:`choose`, targets = (max FID increase %,
-    max accuracy drop in points)); writes out/metrics/{results.json,table.md,grids/,choice.md,plan*.json};
+    max accuracy drop in points)); writes out/metrics/{results.json,table.md,grids/,choice.md,plan*.json,
+    targets.*};
     returns eval's report with the choice under "choice"."""
     from deltadit.eval.run import evaluate, rows_for
 
@@ -120,6 +121,10 @@ def full_metrics(preset, report: dict, out: Path, samples: int, rounds: int, pro
                       bundle_root=Path(out) / "bundles")
     scored["choice"] = choose(report, scored, fixed, *targets)
     write_choice(preset, Path(out), scored["choice"], s)
+    from deltadit.tune import targets as issue_targets
+
+    if scored.get("rows"):
+        issue_targets.write(Path(out) / "metrics", issue_targets.report(scored, None, [Path(out)]))
     return scored
 
 
