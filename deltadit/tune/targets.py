@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,25 +41,29 @@ COMPOSED = Target("composed (INT8 + plan)", 5.0, 2.0, 2.0)
 def rows_of(scored: dict, speeds: dict[str, float] | None = None) -> list[dict]:
     """The eval rows as {row, int8, alone, speedup, fid_pct, fid_pct_ci, accuracy_points, ...}; alone: an INT8
     row at the baseline's steps without a cache. ``speeds`` (row -> speed-up) replaces the eval's timings."""
-    rows = scored.get("rows") or []
-    if not rows or rows[0].get("row") != "baseline":
+    rows = (scored.get("rows") if isinstance(scored, dict) else None) or []
+    if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict) or rows[0].get("row") != "baseline":
         raise DeltaDiTError("targets | the metrics have no baseline row first. Expected: out/metrics/results.json "
                             "of `deltadit tune --metrics-samples N`.")
-    base = rows[0]
-    out = []
-    for r in rows[1:]:
-        fid, acc = r["fid_delta_ci"], r["class_accuracy_delta_ci"]
-        key = r["row"].split(" ")[0]
-        out.append({"row": r["row"], "int8": r["precision"] == "int8",
-                    "precision": r["precision"] + (f" {r['calibration']}" if r.get("calibration") else ""),
-                    "alone": r["precision"] == "int8" and r["variant"] == "none" and r["steps"] == base["steps"],
-                    "speedup": (speeds or {}).get(key, r["measured_speedup"]),
-                    "speed_source": "bench" if key in (speeds or {}) else "eval",
-                    "fid_pct": 100 * fid["value"] / base["fid"],
-                    "fid_pct_ci": [100 * fid[k] / base["fid"] for k in ("low", "high")],
-                    "accuracy_points": 100 * acc["value"],
-                    "accuracy_points_ci": [100 * acc[k] for k in ("low", "high")]})
-    return out
+    try:
+        return [_row(r, rows[0], speeds or {}) for r in rows[1:]]
+    except (KeyError, TypeError) as e:
+        raise DeltaDiTError(f"targets | a metrics row lacks {e}. Expected: out/metrics/results.json of `deltadit "
+                            "tune --metrics-samples N` (this deltadit's).") from None
+
+
+def _row(r: dict, base: dict, speeds: dict[str, float]) -> dict:
+    fid, acc = r["fid_delta_ci"], r["class_accuracy_delta_ci"]
+    key = r["row"].split(" ")[0]
+    return {"row": r["row"], "int8": r["precision"] == "int8",
+            "precision": r["precision"] + (f" {r['calibration']}" if r.get("calibration") else ""),
+            "alone": r["precision"] == "int8" and r["variant"] == "none" and r["steps"] == base["steps"],
+            "speedup": speeds.get(key, r["measured_speedup"]),
+            "speed_source": "bench" if key in speeds else "eval",
+            "fid_pct": 100 * fid["value"] / base["fid"],
+            "fid_pct_ci": [100 * fid[k] / base["fid"] for k in ("low", "high")],
+            "accuracy_points": 100 * acc["value"],
+            "accuracy_points_ci": [100 * acc[k] for k in ("low", "high")]}
 
 
 def misses(row: dict, target: Target) -> list[str]:
@@ -85,7 +90,15 @@ def judge(rows: list[dict]) -> list[dict]:
 
 def why(folders: list[Path]) -> list[str]:
     """Lines on which layer and which steps the INT8 error comes from, from the first int8-sensitivity.json /
-    int8-steps.json found in ``folders``."""
+    int8-steps.json found in ``folders`` (a damaged one refused in one line)."""
+    try:
+        return _why(folders)
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise DeltaDiTError(f"--why | an INT8 report in {', '.join(map(str, folders))} lacks {e}. Expected: the "
+                            "int8-sensitivity.json / int8-steps.json of `deltadit tune --int8`.") from None
+
+
+def _why(folders: list[Path]) -> list[str]:
     lines = []
     sens = next((f / "int8-sensitivity.json" for f in folders if (f / "int8-sensitivity.json").is_file()), None)
     if sens is not None:
@@ -133,7 +146,10 @@ def text(rep: dict) -> str:
 
 def bench_speeds(path: Path) -> dict[str, float]:
     """row -> speed-up over the bench's baseline, from `deltadit bench --json` (first configuration per bundle)."""
-    b = read_json(path, "--speeds", "Expected: the --json output of `deltadit bench` on the tune's bundles.")
+    how = "Expected: the --json output of `deltadit bench` on the tune's bundles."
+    b = read_json(path, "--speeds", how)
+    if not isinstance(b, dict) or not {"configs", "baseline"} <= b.keys():
+        raise DeltaDiTError(f"--speeds | {path} has no 'configs' / 'baseline'. {how}")
     out = {}
     for name, c in b.get("configs", {}).items():
         m = re.fullmatch(r"\S+ (\S+) \((\w+)\)", name)
@@ -156,9 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speeds", type=Path, help="a `deltadit bench --json` of the same bundles")
     p.add_argument("--why", type=Path, nargs="*", default=[], help="folders of --int8-sensitivity / --int8-steps runs")
     args = p.parse_args(argv)
-    scored = read_json(args.out / "metrics" / "results.json", "targets",
-                       "Expected: the --out folder of `deltadit tune --metrics-samples N`.")
-    rep = report(scored, bench_speeds(args.speeds) if args.speeds else None, [args.out, *args.why])
+    try:
+        scored = read_json(args.out / "metrics" / "results.json", "targets",
+                           "Expected: the --out folder of `deltadit tune --metrics-samples N`.")
+        rep = report(scored, bench_speeds(args.speeds) if args.speeds else None, [args.out, *args.why])
+    except DeltaDiTError as e:  # one line, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     write(args.out / "metrics", rep)
     print(text(rep), end="")
     return 0

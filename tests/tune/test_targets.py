@@ -73,7 +73,21 @@ def test_main_writes_the_report_beside_the_metrics_and_refuses_a_folder_without_
     assert {p.name for p in (tmp_path / "metrics").glob("targets.*")} == {"targets.md", "targets.json", "targets.png"}
     assert (tmp_path / "metrics" / "targets.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "metrics" / "targets.json").read_text())["judged"][0]["row"] == "int8"
-    with pytest.raises(DeltaDiTError, match=r"results\.json"):
-        targets.main([str(tmp_path / "nothing")])
-    with pytest.raises(DeltaDiTError, match="no baseline row first"):
-        targets.rows_of({"rows": SCORED["rows"][1:]})
+    capsys.readouterr()
+    assert targets.main([str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: targets") and "results.json" in err and err.count("\n") == 1
+    assert targets.main([str(tmp_path), "--speeds", str(tmp_path / "no-bench.json")]) == 2
+    assert "--speeds" in capsys.readouterr().err
+    (tmp_path / "tune.json").write_text(json.dumps({"results": []}))  # a tune report, not a bench's
+    assert targets.main([str(tmp_path), "--speeds", str(tmp_path / "tune.json")]) == 2
+    assert "has no 'configs' / 'baseline'" in capsys.readouterr().err
+    (tmp_path / "int8-sensitivity.json").write_text(json.dumps({"ranking": []}))
+    assert targets.main([str(tmp_path), "--why", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --why | an INT8 report in")
+    damaged = {"rows": [SCORED["rows"][0], {k: v for k, v in SCORED["rows"][1].items() if k != "fid_delta_ci"}]}
+    with pytest.raises(DeltaDiTError, match="a metrics row lacks 'fid_delta_ci'"):
+        targets.rows_of(damaged)
+    for not_metrics in ({"rows": SCORED["rows"][1:]}, [1, 2], {"rows": "x"}):
+        with pytest.raises(DeltaDiTError, match="no baseline row first"):
+            targets.rows_of(not_metrics)
