@@ -139,7 +139,8 @@ def text(rep: dict) -> str:
     lines += ["", "| INT8 row | target | verdict |", "|---|---|---|"]
     lines += [f"| {j['row']} | {j['target']} | {'met (point estimates)' if not j['misses'] else 'missed: ' + '; '.join(j['misses'])} |"
               for j in rep["judged"]]
-    lines += ["", "Why:" if rep["why"] else "Why: no INT8 sensitivity / steps report given (--why DIR).",
+    lines += ["", "Why:" if rep["why"] else ("Why: no INT8 sensitivity / steps report found (`deltadit tune --int8 --int8-sensitivity N` / "
+                                   "`--int8-steps N` write them into --out; `--why DIR` reads them from elsewhere)."),
               *[f"- {w}" for w in rep["why"]]]
     return "\n".join(lines) + "\n"
 
