@@ -126,7 +126,8 @@ def plot_targets(rep: dict, path: Path) -> Path:
         ax.annotate(r["row"], (r["speedup"], r["fid_pct"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
         if r["alone"]:  # how far INT8 alone is from its own target's nearest corner
             corner = (rep["targets"][0]["min_speedup"], rep["targets"][0]["max_fid_pct"])
-            ax.annotate("", corner, (r["speedup"], r["fid_pct"]), arrowprops=dict(arrowstyle="->", ls="--", color=colour))
+            ax.annotate("", corner, (r["speedup"], r["fid_pct"]),
+                        arrowprops=dict(arrowstyle="->", ls="--", color=colour))
     xs = [r["speedup"] for r in rep["rows"]] + [t["min_speedup"] for t in rep["targets"]]
     ys = [v for r in rep["rows"] for v in r["fid_pct_ci"]] + [t["max_fid_pct"] for t in rep["targets"]]
     ax.set_xlim(min(0.9, min(xs) - 0.1), max(xs) + 0.3)

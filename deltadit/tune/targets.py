@@ -34,6 +34,8 @@ class Target:
     max_accuracy_drop: float | None = None
 
 
+NO_WHY = ("Why: no INT8 sensitivity / steps report found (`deltadit tune --int8 --int8-sensitivity N` / "
+          "`--int8-steps N` write them into --out; `--why DIR` reads them from elsewhere).")
 INT8_ALONE = Target("INT8 alone", 2.0, 1.8)
 COMPOSED = Target("composed (INT8 + plan)", 5.0, 2.0, 2.0)
 
@@ -137,11 +139,11 @@ def text(rep: dict) -> str:
                      f"{r['accuracy_points']:+.1f} [{r['accuracy_points_ci'][0]:+.1f}, "
                      f"{r['accuracy_points_ci'][1]:+.1f}] |")
     lines += ["", "| INT8 row | target | verdict |", "|---|---|---|"]
-    lines += [f"| {j['row']} | {j['target']} | {'met (point estimates)' if not j['misses'] else 'missed: ' + '; '.join(j['misses'])} |"
-              for j in rep["judged"]]
-    lines += ["", "Why:" if rep["why"] else ("Why: no INT8 sensitivity / steps report found (`deltadit tune --int8 --int8-sensitivity N` / "
-                                   "`--int8-steps N` write them into --out; `--why DIR` reads them from elsewhere)."),
-              *[f"- {w}" for w in rep["why"]]]
+    for j in rep["judged"]:
+        verdict = "missed: " + "; ".join(j["misses"]) if j["misses"] else "met (point estimates)"
+        lines.append(f"| {j['row']} | {j['target']} | {verdict} |")
+    lines.append("")
+    lines += ["Why:", *[f"- {w}" for w in rep["why"]]] if rep["why"] else [NO_WHY]
     return "\n".join(lines) + "\n"
 
 
