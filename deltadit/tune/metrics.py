@@ -142,18 +142,23 @@ def choose(report: dict, scored: dict, fixed: list, max_fid_increase: float, max
         name = next((f.name for f in fixed if same_run(row, f)), row.name)
         if name not in by_name or base is None:
             continue
-        e = by_name[name]
-        fid_pct = 100 * e["fid_delta_ci"]["value"] / base["fid"]
-        acc_points = 100 * e["class_accuracy_delta_ci"]["value"]
+        deltas = paired_deltas(by_name[name], base)
         rows.append({"name": result["name"], "int8": result["int8"], "plan": result["plan"], "row": name,
-                     "speedup": result["speedup"], "latency_s": result["latency_s"], "fid_pct": fid_pct,
-                     "fid_pct_ci": [100 * e["fid_delta_ci"][k] / base["fid"] for k in ("low", "high")],
-                     "accuracy_points": acc_points,
-                     "accuracy_points_ci": [100 * e["class_accuracy_delta_ci"][k] for k in ("low", "high")],
-                     "meets": fid_pct <= max_fid_increase and acc_points >= -max_accuracy_drop})
+                     "speedup": result["speedup"], "latency_s": result["latency_s"], **deltas,
+                     "meets": deltas["fid_pct"] <= max_fid_increase and deltas["accuracy_points"] >= -max_accuracy_drop})
     ok = [r for r in rows if r["meets"]]
     return {"rows": rows, "chosen": ok[0] if ok else None, "composed": next((r for r in ok if r["int8"]), None),
             "max_fid_increase_pct": max_fid_increase, "max_accuracy_drop_points": max_accuracy_drop}
+
+
+def paired_deltas(row: dict, base: dict) -> dict:
+    """An eval row's paired differences to the baseline row: FID in % of the baseline's FID, class accuracy in
+    points, each with its 95 % interval ([low, high])."""
+    fid, acc = row["fid_delta_ci"], row["class_accuracy_delta_ci"]
+    return {"fid_pct": 100 * fid["value"] / base["fid"],
+            "fid_pct_ci": [100 * fid[k] / base["fid"] for k in ("low", "high")],
+            "accuracy_points": 100 * acc["value"],
+            "accuracy_points_ci": [100 * acc[k] for k in ("low", "high")]}
 
 
 def write_choice(preset, out: Path, choice: dict, settings: dict) -> None:

@@ -71,11 +71,7 @@ MARKERS = {"fewer-steps": ("s", "tab:blue"), "shallow": ("v", "tab:green"), "mid
 def plot(results: list[Result], path: Path, title: str) -> Path:
     """PNG: PSNR vs MACs ratio (left) and vs measured speed-up (right, shortlist only): every candidate in
     grey, the fronts as lines, the paper-style baselines (fewer steps, each fixed range) marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     axes_spec = ((axes[0], lambda r: r.candidate.macs_ratio, "block MACs / uncached reference (lower is cheaper)"),
                  (axes[1], lambda r: None if r.speedup is None else 1 / r.speedup,
@@ -99,55 +95,23 @@ def plot(results: list[Result], path: Path, title: str) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
-def plot_targets(rep: dict, path: Path) -> Path:
-    """PNG: each metrics row's paired ΔFID % (95 % interval) against its measured speed-up, with the issue's
-    target regions (INT8 alone, composed) and, below, each INT8 row's miss and the why-lines of the report
-    (deltadit.tune.targets)."""
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 6.4))
-    for t, colour in zip(rep["targets"], ("tab:purple", "tab:green")):
-        ax.fill_between([t["min_speedup"], 100], -100, t["max_fid_pct"], color=colour, alpha=0.12,
-                        label=f"target: {t['name']} (≥ {t['min_speedup']:g}×, ΔFID ≤ +{t['max_fid_pct']:g} %)")
-    for r in rep["rows"]:
-        colour = "tab:red" if r["int8"] else "0.4"
-        lo, hi = r["fid_pct_ci"]
-        ax.errorbar(r["speedup"], r["fid_pct"], yerr=[[r["fid_pct"] - lo], [hi - r["fid_pct"]]], fmt="o" if r["int8"]
-                    else "s", c=colour, ms=6, capsize=3)
-        ax.annotate(r["row"], (r["speedup"], r["fid_pct"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
-        if r["alone"]:  # how far INT8 alone is from its own target's nearest corner
-            corner = (rep["targets"][0]["min_speedup"], rep["targets"][0]["max_fid_pct"])
-            ax.annotate("", corner, (r["speedup"], r["fid_pct"]),
-                        arrowprops=dict(arrowstyle="->", ls="--", color=colour))
-    xs = [r["speedup"] for r in rep["rows"]] + [t["min_speedup"] for t in rep["targets"]]
-    ys = [v for r in rep["rows"] for v in r["fid_pct_ci"]] + [t["max_fid_pct"] for t in rep["targets"]]
-    ax.set_xlim(min(0.9, min(xs) - 0.1), max(xs) + 0.3)
-    ax.set_ylim(min(ys) - 1, max(ys) + 1)
-    ax.axhline(0, c="0.7", lw=0.8)
-    ax.set_xlabel("measured speed-up over the uncached FP32 bundle (loop; INT8 alone: per step)")
-    ax.set_ylabel("ΔFID vs the FP32 baseline, % (paired, 95 % interval)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    notes = [f"{j['row']} / {j['target']}: " + ("met" if not j["misses"] else "; ".join(j["misses"]))
-             for j in rep["judged"]] + rep["why"]
-    fig.text(0.01, 0.01, "\n".join(_wrap(n, 150) for n in notes), fontsize=6.5, va="bottom", family="monospace")
-    fig.tight_layout(rect=(0, 0.02 + 0.018 * sum(_wrap(n, 150).count("\n") + 1 for n in notes), 1, 1))
+    return plt
+
+
+def save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (its folder made) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
-
-
-def _wrap(line: str, width: int) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(line, width, subsequent_indent="    "))

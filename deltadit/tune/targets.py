@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,17 +56,14 @@ def rows_of(scored: dict, speeds: dict[str, float] | None = None) -> list[dict]:
 
 
 def _row(r: dict, base: dict, speeds: dict[str, float]) -> dict:
-    fid, acc = r["fid_delta_ci"], r["class_accuracy_delta_ci"]
+    from deltadit.tune.metrics import paired_deltas
+
     key = r["row"].split(" ")[0]
     return {"row": r["row"], "int8": r["precision"] == "int8",
             "precision": r["precision"] + (f" {r['calibration']}" if r.get("calibration") else ""),
             "alone": r["precision"] == "int8" and r["variant"] == "none" and r["steps"] == base["steps"],
             "speedup": speeds.get(key, r["measured_speedup"]),
-            "speed_source": "bench" if key in speeds else "eval",
-            "fid_pct": 100 * fid["value"] / base["fid"],
-            "fid_pct_ci": [100 * fid[k] / base["fid"] for k in ("low", "high")],
-            "accuracy_points": 100 * acc["value"],
-            "accuracy_points_ci": [100 * acc[k] for k in ("low", "high")]}
+            "speed_source": "bench" if key in speeds else "eval", **paired_deltas(r, base)}
 
 
 def misses(row: dict, target: Target) -> list[str]:
@@ -105,20 +103,20 @@ def _why(folders: list[Path]) -> list[str]:
     sens = next((f / "int8-sensitivity.json" for f in folders if (f / "int8-sensitivity.json").is_file()), None)
     if sens is not None:
         s = read_json(sens, "targets", "Expected: a `deltadit tune --int8-sensitivity` report.")
-        top, every = s["ranking"][0], s["keep"][0]
+        top, all_layers = s["ranking"][0], s["keep"][0]
         lines.append(f"layer: no single layer carries the loss. Quantized alone, the most sensitive "
                      f"({top['layer']}) leaves {top['psnr_db']:.1f} dB PSNR to FP32; all "
-                     f"{len(s['ranking'])} together {every['psnr_db']:.1f} dB ({s['samples']} images; {sens}).")
+                     f"{len(s['ranking'])} together {all_layers['psnr_db']:.1f} dB ({s['samples']} images; {sens}).")
     steps = next((f / "int8-steps.json" for f in folders if (f / "int8-steps.json").is_file()), None)
     if steps is None and sens is not None and "steps_alone" in s:
         steps = sens
     if steps is not None:
         t = read_json(steps, "targets", "Expected: a `deltadit tune --int8-steps` report.")
         worst = min(t["steps_alone"], key=lambda e: e["psnr_db"])
-        every = min(t["steps_from"], key=lambda e: e["steps"][0])
-        half = min(t["steps_from"], key=lambda e: abs(e["steps"][0] - every["steps"][1] // 2))
+        all_steps = min(t["steps_from"], key=lambda e: e["steps"][0])
+        half = min(t["steps_from"], key=lambda e: abs(e["steps"][0] - all_steps["steps"][1] // 2))
         lines.append(f"steps: no single step carries it either. INT8 on one step only costs at most "
-                     f"{worst['psnr_db']:.1f} dB (step {worst['steps'][0]}); on every step {every['psnr_db']:.1f} "
+                     f"{worst['psnr_db']:.1f} dB (step {worst['steps'][0]}); on every step {all_steps['psnr_db']:.1f} "
                      f"dB; from step {half['steps'][0]} on {half['psnr_db']:.1f} dB ({steps}).")
     return lines
 
@@ -127,6 +125,11 @@ def report(scored: dict, speeds: dict[str, float] | None, folders: list[Path]) -
     rows = rows_of(scored, speeds)
     return {"targets": [asdict(INT8_ALONE), asdict(COMPOSED)], "rows": rows, "judged": judge(rows),
             "why": why(folders)}
+
+
+def verdict(judged: dict) -> str:
+    """One judged row's verdict: what it misses, or that it meets the target."""
+    return "missed: " + "; ".join(judged["misses"]) if judged["misses"] else "met (point estimates)"
 
 
 def text(rep: dict) -> str:
@@ -139,9 +142,7 @@ def text(rep: dict) -> str:
                      f"{r['accuracy_points']:+.1f} [{r['accuracy_points_ci'][0]:+.1f}, "
                      f"{r['accuracy_points_ci'][1]:+.1f}] |")
     lines += ["", "| INT8 row | target | verdict |", "|---|---|---|"]
-    for j in rep["judged"]:
-        verdict = "missed: " + "; ".join(j["misses"]) if j["misses"] else "met (point estimates)"
-        lines.append(f"| {j['row']} | {j['target']} | {verdict} |")
+    lines += [f"| {j['row']} | {j['target']} | {verdict(j)} |" for j in rep["judged"]]
     lines.append("")
     lines += ["Why:", *[f"- {w}" for w in rep["why"]]] if rep["why"] else [NO_WHY]
     return "\n".join(lines) + "\n"
@@ -153,20 +154,55 @@ def bench_speeds(path: Path) -> dict[str, float]:
     b = read_json(path, "--speeds", how)
     if not isinstance(b, dict) or not {"configs", "baseline"} <= b.keys():
         raise DeltaDiTError(f"--speeds | {path} has no 'configs' / 'baseline'. {how}")
-    out = {}
-    for name, c in b.get("configs", {}).items():
+    out, key = {}, f"speedup_vs_{b['baseline']}"
+    for name, c in b["configs"].items():
         m = re.fullmatch(r"\S+ (\S+) \((\w+)\)", name)
         if m and m.group(1) not in out:
-            out[m.group(1)] = c[f"speedup_vs_{b['baseline']}"]
+            if not isinstance(c, dict) or key not in c:
+                raise DeltaDiTError(f"--speeds | {path}: configuration '{name}' has no '{key}'. {how}")
+            out[m.group(1)] = c[key]
     return out
 
 
 def write(folder: Path, rep: dict) -> None:
-    from deltadit.tune.pareto import plot_targets
-
     (folder / "targets.md").write_text(text(rep))
     (folder / "targets.json").write_text(json.dumps(rep, indent=2))
-    plot_targets(rep, folder / "targets.png")
+    plot(rep, folder / "targets.png")
+
+
+def plot(rep: dict, path: Path) -> Path:
+    """PNG: each metrics row's paired ΔFID % (95 % interval) against its measured speed-up, with the issue's
+    target regions (INT8 alone, composed) and, below, each INT8 row's verdict and the report's why-lines."""
+    from deltadit.tune.pareto import pyplot, save
+
+    fig, ax = pyplot().subplots(figsize=(10, 6.4))
+    for t, colour in zip(rep["targets"], ("tab:purple", "tab:green")):
+        ax.fill_between([t["min_speedup"], 100], -100, t["max_fid_pct"], color=colour, alpha=0.12,
+                        label=f"target: {t['name']} (≥ {t['min_speedup']:g}×, ΔFID ≤ +{t['max_fid_pct']:g} %)")
+    for r in rep["rows"]:
+        colour = "tab:red" if r["int8"] else "0.4"
+        lo, hi = r["fid_pct_ci"]
+        ax.errorbar(r["speedup"], r["fid_pct"], yerr=[[r["fid_pct"] - lo], [hi - r["fid_pct"]]], fmt="o" if r["int8"]
+                    else "s", c=colour, ms=6, capsize=3)
+        ax.annotate(r["row"], (r["speedup"], r["fid_pct"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        if r["alone"]:  # how far INT8 alone is from its own target's nearest corner
+            corner = (rep["targets"][0]["min_speedup"], rep["targets"][0]["max_fid_pct"])
+            ax.annotate("", corner, (r["speedup"], r["fid_pct"]),
+                        arrowprops=dict(arrowstyle="->", ls="--", color=colour))
+    xs = [r["speedup"] for r in rep["rows"]] + [t["min_speedup"] for t in rep["targets"]]
+    ys = [v for r in rep["rows"] for v in r["fid_pct_ci"]] + [t["max_fid_pct"] for t in rep["targets"]]
+    ax.set_xlim(min(0.9, min(xs) - 0.1), max(xs) + 0.3)
+    ax.set_ylim(min(ys) - 1, max(ys) + 1)
+    ax.axhline(0, c="0.7", lw=0.8)
+    ax.set_xlabel("measured speed-up over the uncached FP32 bundle (loop; INT8 alone: per step)")
+    ax.set_ylabel("ΔFID vs the FP32 baseline, % (paired, 95 % interval)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    notes = [f"{j['row']} / {j['target']}: {verdict(j)}" for j in rep["judged"]] + rep["why"]
+    wrapped = "\n".join(textwrap.fill(n, 150, subsequent_indent="    ") for n in notes)
+    fig.text(0.01, 0.01, wrapped, fontsize=6.5, va="bottom", family="monospace")
+    fig.tight_layout(rect=(0, 0.02 + 0.018 * (wrapped.count("\n") + 1), 1, 1))
+    return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

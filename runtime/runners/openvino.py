@@ -126,12 +126,12 @@ def warm_bindings(element_types) -> None:
     import openvino as ov
 
     with _WARM_LOCK:
-        for element_type in [ov.Type.f32, *(set(element_types) - _warmed - {ov.Type.f32})]:
+        for element_type in (ov.Type.f32, *element_types):  # f32 first: numpy views it on every build
             if element_type in _warmed or not element_type.is_static():
                 continue
             try:
                 ov.Tensor(element_type, ov.Shape([1])).data
-            except (RuntimeError, TypeError, ValueError):  # no numpy view of this type (string, u1): not read so
+            except (RuntimeError, TypeError, ValueError):  # a type numpy has no view of (string, u1): skipped
                 pass
             _warmed.add(element_type)
 
