@@ -145,7 +145,8 @@ def choose(report: dict, scored: dict, fixed: list, max_fid_increase: float, max
         deltas = paired_deltas(by_name[name], base)
         rows.append({"name": result["name"], "int8": result["int8"], "plan": result["plan"], "row": name,
                      "speedup": result["speedup"], "latency_s": result["latency_s"], **deltas,
-                     "meets": deltas["fid_pct"] <= max_fid_increase and deltas["accuracy_points"] >= -max_accuracy_drop})
+                     "meets": (deltas["fid_pct"] <= max_fid_increase
+                               and deltas["accuracy_points"] >= -max_accuracy_drop)})
     ok = [r for r in rows if r["meets"]]
     return {"rows": rows, "chosen": ok[0] if ok else None, "composed": next((r for r in ok if r["int8"]), None),
             "max_fid_increase_pct": max_fid_increase, "max_accuracy_drop_points": max_accuracy_drop}

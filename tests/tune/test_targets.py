@@ -51,6 +51,10 @@ def test_bench_speeds_replace_the_evals_where_the_bench_timed_the_bundle(tmp_pat
     assert (rows["int8"]["speedup"], rows["int8"]["speed_source"]) == (1.9, "bench")
     assert (rows["fewer-steps (T=12)"]["speedup"], rows["T10_none_int8"]["speed_source"]) == (1.7, "eval")
     assert targets.misses(rows["int8"], targets.INT8_ALONE) == ["FID +7.8 % (target ≤ +2 %: 5.8 points over)"]
+    bench["configs"]["ort T10_none_int8 (int8)"] = {"loop_s": 0.3}  # damaged: no speed-up against the baseline
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    with pytest.raises(DeltaDiTError, match=r"'ort T10_none_int8 \(int8\)' has no 'speedup_vs_ort baseline \(fp32\)'"):
+        targets.bench_speeds(tmp_path / "bench.json")
 
 
 def test_why_names_the_most_sensitive_layer_and_the_steps(tmp_path):
